@@ -1,0 +1,59 @@
+# Every target installs what is missing first (through `install`), so each is one command on a
+# fresh machine. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PROTO_SRC := $(shell find protos -name '*.proto' | sort)
+# make loadtest HOST=http://host:8080 targets a running gateway instead of starting one.
+HOST ?=
+
+.PHONY: help install up demo test check protos train train-full k8s-check loadtest bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## create .venv with the pinned dependencies (idempotent)
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11" >&2; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[ml,dev]'
+	@touch $@
+
+up: install ## start model server + gateway on the default model; Ctrl-C stops both
+	$(PY) -m tools.stack up
+
+demo: install ## start the stack, classify the bundled examples over gRPC and REST, stop
+	$(PY) -m tools.stack demo
+
+test: install check k8s-check ## the whole test suite (what .ci/run calls)
+	$(PY) -m pytest
+
+check: install ## fail when generated gRPC stubs are stale
+	$(PY) -m tools.protos --check
+
+protos: install ## regenerate gRPC stubs from protos/
+	$(PY) -m tools.protos
+
+train: install ## quick training profile (a few minutes); writes models/fashion/<next>/
+	$(PY) -m training --profile quick
+
+train-full: install ## the full recipe that produced the committed models/fashion/1
+	$(PY) -m training --profile full
+
+k8s-check: install ## render every kustomize overlay, validate offline, lint Dockerfiles, policy tests
+	$(PY) -m tools.k8s_check
+
+loadtest: install ## Locust run with an SLO verdict; report in reports/loadtest/<timestamp>/
+	$(PY) -m loadtest.run $(if $(HOST),--host $(HOST))
+
+bench: install ## side-by-side benchmark; report in reports/bench/<timestamp>/
+	$(PY) -m loadtest.bench
+
+clean: ## remove the venv and caches (keeps models/)
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info

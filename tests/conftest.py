@@ -1,0 +1,79 @@
+"""Shared fixtures: a small trained model, a running model server and a running gateway.
+
+Process rule: this pytest process may import TensorFlow and the official tensorflow_serving.apis
+stubs. It must never import the gateway's wire-compatible TF Serving subset
+(gateway/generated/tfserving_wire, and the gateway modules that use it): both define
+`tensorflow.TensorProto` & co. in protobuf's one default pool, which refuses duplicates. Tests of
+those modules run the gateway (or a helper script) as a subprocess. The classifier.v1 stubs are fine
+here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tools import stack
+
+ROOT = Path(__file__).resolve().parent.parent
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+COMMITTED_MODELS = ROOT / "models"
+
+# Quiet TensorFlow's C++ start-up chatter in every child process.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def run_training(models_dir: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run `python -m training` as a user would; returns the completed process (check=True)."""
+    cmd = [sys.executable, "-m", "training", "--models-dir", str(models_dir), *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=True)
+
+
+@pytest.fixture(scope="session")
+def fashion_data() -> Path:
+    if not (FASHION_DIR / "t10k-images-idx3-ubyte.gz").exists():
+        pytest.fail(f"{FASHION_DIR} missing: apt-get install dataset-fashion-mnist (CI installs it)")
+    return FASHION_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory, fashion_data) -> Path:
+    """A models dir holding `fashion/1`, trained for one short epoch on a slice by the real CLI."""
+    models = tmp_path_factory.mktemp("models")
+    run_training(models, "--epochs", "1", "--limit", "2048", "--batch-size", "128", "--seed", "7",
+                 "--model-name", "fashion")
+    assert (models / "fashion" / "1" / "saved_model.pb").exists()
+    return models
+
+
+@pytest.fixture(scope="session")
+def committed_model() -> Path:
+    """The committed default model, models/fashion/1."""
+    path = COMMITTED_MODELS / "fashion" / "1"
+    if not (path / "saved_model.pb").exists():
+        pytest.fail("models/fashion/1 is not committed yet: run `make train-full` and commit it")
+    return path
+
+
+@pytest.fixture(scope="session")
+def model_server(tiny_models_dir, tmp_path_factory):
+    """`python -m serving` on free ports serving a copy of the tiny model as `fashion`."""
+    base = tmp_path_factory.mktemp("served") / "fashion"
+    shutil.copytree(tiny_models_dir / "fashion", base)
+    server = stack.start_model_server(model_name="fashion", model_base_path=base,
+                                      extra_args=["--file_system_poll_wait_seconds=1"])
+    yield server
+    server.process.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(model_server):
+    """`python -m gateway` on free ports in front of the session's model server."""
+    gw = stack.start_gateway(backend=model_server.grpc_target)
+    yield gw
+    gw.process.stop()
