@@ -1,0 +1,7 @@
+"""`python -m gateway`: see gateway/server.py."""
+
+import sys
+
+from gateway.server import main
+
+sys.exit(main())

@@ -1,0 +1,241 @@
+"""The model server client: TF Serving's gRPC API over one long-lived grpc.aio channel.
+
+Speaks `tensorflow.serving.PredictionService` (Predict, GetModelMetadata) and `ModelService`
+(GetModelStatus) through the gateway's wire subset, so TensorFlow is never imported. Every call
+carries a deadline, goes through the circuit breaker, and has its failures translated into the
+gateway's error kinds here, once; the model server's own error details go to the log, never to a
+client (they name internal addresses).
+
+What the gateway learns about a model comes from here too (CONTRACT §3): the input size and
+channels from the `serving_default` signature in GetModelMetadata, and the labels from the
+`classes` output of one Predict on a blank image.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import grpc
+
+from gateway import tensors
+from gateway.decode import InputSpec
+from gateway.errors import (DeadlineExceeded, GatewayError, InternalError, Overloaded, Unavailable)
+from gateway.metrics import Metrics
+from gateway.resilience import CircuitBreaker, RetryBudget
+from gateway.wire import apis, apis_grpc
+
+log = logging.getLogger(__name__)
+
+SIGNATURE = "serving_default"
+PREFERRED_INPUT = "images"
+SCORES = "scores"
+CLASSES = "classes"
+AVAILABLE = "AVAILABLE"
+
+# Errors that say "the model server is not healthy" (they feed the circuit breaker). A
+# DEADLINE_EXCEEDED usually says the caller was impatient, so it does not count.
+_FAILURE_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
+# Reconnect quickly after the model server restarts (gRPC's default backoff grows to 120 s).
+_RECONNECT_BACKOFF_MS = (100, 1000)
+
+
+@dataclass(frozen=True)
+class Signature:
+    """The part of a model's `serving_default` signature the gateway needs."""
+
+    version: int
+    input_name: str
+    input: InputSpec
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One served model version, as the gateway uses it: requests are pinned to `version`."""
+
+    name: str
+    version: int
+    input_name: str
+    input: InputSpec
+    labels: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class VersionState:
+    version: int
+    state: str  # AVAILABLE, LOADING, ... as TF Serving names them
+
+
+class ModelNotServed(Unavailable):
+    """The model server does not know this model (not loaded, or not configured there)."""
+
+
+class VersionGone(Unavailable):
+    """The pinned version is no longer served: it was replaced by a newer one."""
+
+
+class Backend:
+    """A client of one model server target (`HOST:PORT` or `dns:///name:port`, round-robin)."""
+
+    def __init__(self, target: str, *, metrics: Metrics, circuit: CircuitBreaker, retry_budget: RetryBudget,
+                 call_timeout: float, keepalive_seconds: float, max_message_bytes: int):
+        # Must be built inside the running event loop: the aio channel binds to it.
+        self.target = target
+        self._metrics = metrics
+        self._circuit = circuit
+        self._budget = retry_budget
+        self._call_timeout = call_timeout
+        self._channel = grpc.aio.insecure_channel(target, options=[
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.keepalive_time_ms", int(keepalive_seconds * 1000)),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.lb_policy_name", "round_robin"),
+            ("grpc.enable_retries", 0),  # retries are ours, with a budget
+            ("grpc.initial_reconnect_backoff_ms", _RECONNECT_BACKOFF_MS[0]),
+            ("grpc.min_reconnect_backoff_ms", _RECONNECT_BACKOFF_MS[0]),
+            ("grpc.max_reconnect_backoff_ms", _RECONNECT_BACKOFF_MS[1]),
+        ])
+        self._predictions = apis_grpc.PredictionServiceStub(self._channel)
+        self._models = apis_grpc.ModelServiceStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    # -- what the gateway asks -------------------------------------------------------------
+
+    async def model_status(self, name: str) -> list[VersionState]:
+        request = apis.GetModelStatusRequest()
+        request.model_spec.name = name
+        response = await self._call("GetModelStatus", self._models.GetModelStatus, request, name)
+        return [VersionState(s.version, apis.ModelVersionStatus.State.Name(s.state))
+                for s in response.model_version_status]
+
+    async def signature(self, name: str, version: int) -> Signature:
+        request = apis.GetModelMetadataRequest(metadata_field=["signature_def"])
+        request.model_spec.name = name
+        request.model_spec.version.value = version
+        response = await self._call("GetModelMetadata", self._predictions.GetModelMetadata, request, name)
+        return parse_signature(name, response)
+
+    async def labels(self, name: str, signature: Signature) -> tuple[str, ...]:
+        """The model's labels: the `classes` output of one Predict on a blank image."""
+        spec = signature.input
+        request = self._predict_request(name, signature.version, signature.input_name,
+                                        bytes(spec.nbytes), 1, spec, CLASSES)
+        response = await self._call("Predict", self._predictions.Predict, request, name)
+        try:
+            values = tensors.string_values(response.outputs[CLASSES])
+            return tuple(v.decode("utf-8") for v in tensors.rows(values, tensors.shape_of(response.outputs[CLASSES]))[0])
+        except (KeyError, ValueError) as exc:
+            raise Unavailable(f"model {name} version {signature.version} has no usable `{CLASSES}` "
+                              f"output: {exc}") from None
+
+    async def predict(self, info: ModelInfo, pixels: bytes, count: int, deadline: float) -> list[list[float]]:
+        """Scores for `count` images (`pixels` holds them back to back), one row per image."""
+        request = self._predict_request(info.name, info.version, info.input_name, pixels, count,
+                                        info.input, SCORES)
+        response = await self._call("Predict", self._predictions.Predict, request, info.name,
+                                    deadline=deadline, retry=True, pinned=True)
+        try:
+            scores = response.outputs[SCORES]
+            shape = tensors.shape_of(scores)
+            if shape != (count, len(info.labels)):
+                raise tensors.TensorError(f"shape {list(shape)}, expected {[count, len(info.labels)]}")
+            return tensors.rows(tensors.float_values(scores), shape)
+        except (KeyError, ValueError) as exc:
+            log.error("model %s version %s answered unusable scores: %s", info.name, info.version, exc)
+            raise InternalError(f"the model server's answer for model {info.name} was unusable") from None
+
+    @staticmethod
+    def _predict_request(name: str, version: int, input_name: str, pixels: bytes, count: int,
+                         spec: InputSpec, output: str) -> apis.PredictRequest:
+        request = apis.PredictRequest(output_filter=[output])
+        request.model_spec.name = name
+        request.model_spec.version.value = version
+        request.model_spec.signature_name = SIGNATURE
+        request.inputs[input_name].CopyFrom(
+            tensors.uint8_tensor(pixels, (count, spec.height, spec.width, spec.channels)))
+        return request
+
+    # -- one call, with deadline, circuit breaker, retry budget and error translation -------
+
+    async def _call(self, method: str, rpc, request, model: str, *, deadline: float | None = None,
+                    retry: bool = False, pinned: bool = False):
+        loop = asyncio.get_running_loop()
+        if deadline is None:
+            deadline = loop.time() + self._call_timeout
+        self._budget.earn()
+        while True:
+            timeout = deadline - loop.time()
+            if timeout <= 0:
+                raise DeadlineExceeded("the deadline passed before the model server answered")
+            if not self._circuit.allow():
+                raise Unavailable(f"the model server is failing; retry in {self._circuit.retry_after():.1f} s")
+            started = time.perf_counter()
+            try:
+                response = await rpc(request, timeout=timeout)
+            except grpc.aio.AioRpcError as err:
+                code = err.code()
+                self._record(method, code.name, started)
+                if code in _FAILURE_CODES:
+                    self._circuit.record_failure()
+                else:
+                    self._circuit.record_success()
+                if (retry and code is grpc.StatusCode.UNAVAILABLE and deadline - loop.time() > 0
+                        and self._budget.spend()):
+                    self._metrics.backend_retries.labels(method).inc()
+                    log.info("retrying %s for model %s after UNAVAILABLE", method, model)
+                    continue
+                raise self._translate(err, method, model, pinned) from None
+            self._record(method, "OK", started)
+            self._circuit.record_success()
+            return response
+
+    def _record(self, method: str, code: str, started: float) -> None:
+        self._metrics.backend_requests.labels(method, code).inc()
+        self._metrics.backend_seconds.labels(method).observe(time.perf_counter() - started)
+
+    def _translate(self, err: grpc.aio.AioRpcError, method: str, model: str, pinned: bool) -> GatewayError:
+        code, details = err.code(), err.details()
+        log.warning("model server %s %s for model %s: %s: %s", self.target, method, model, code.name, details)
+        if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+            return DeadlineExceeded("the deadline passed while waiting for the model server")
+        if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return Overloaded("the model server is overloaded; retry later")
+        if code is grpc.StatusCode.NOT_FOUND:
+            if pinned:
+                return VersionGone(f"the version of model {model} in use was replaced; retry")
+            return ModelNotServed(f"model {model} is not loaded on the model server")
+        if code is grpc.StatusCode.UNAVAILABLE:
+            return Unavailable("the model server is unavailable")
+        return Unavailable(f"the model server failed the request ({code.name})")
+
+
+def parse_signature(name: str, response: apis.GetModelMetadataResponse) -> Signature:
+    """Input name, size and channels of `serving_default`, or Unavailable saying what is wrong."""
+    version = response.model_spec.version.value
+    where = f"model {name} version {version}"
+    signatures = apis.SignatureDefMap()
+    if "signature_def" not in response.metadata or not response.metadata["signature_def"].Unpack(signatures):
+        raise Unavailable(f"{where}: the model server sent no signature_def metadata")
+    if SIGNATURE not in signatures.signature_def:
+        raise Unavailable(f"{where} has no `{SIGNATURE}` signature")
+    signature = signatures.signature_def[SIGNATURE]
+    images = [(key, info) for key, info in signature.inputs.items()
+              if info.dtype == tensors.DT_UINT8 and len(info.tensor_shape.dim) == 4]
+    images.sort(key=lambda item: item[0] != PREFERRED_INPUT)
+    if not images:
+        raise Unavailable(f"{where}: `{SIGNATURE}` has no uint8 [batch, H, W, C] input")
+    input_name, info = images[0]
+    missing = {SCORES, CLASSES} - set(signature.outputs)
+    if missing:
+        raise Unavailable(f"{where}: `{SIGNATURE}` lacks the outputs {sorted(missing)}")
+    _, height, width, channels = (dim.size for dim in info.tensor_shape.dim)
+    try:
+        spec = InputSpec(height, width, channels)
+    except ValueError as exc:
+        raise Unavailable(f"{where}: {exc}") from None
+    return Signature(version, input_name, spec)

@@ -1,0 +1,179 @@
+"""`python -m gateway`: one process, one asyncio loop, a gRPC server and an HTTP server.
+
+    python -m gateway --backend HOST:PORT --grpc-port N --http-port N --config FILE
+
+Every setting has a flag (`--max-batch-size`, ...), a `GATEWAY_<NAME>` variable and a key in the
+YAML file; `--help` lists them and `--print-settings` shows the values in effect.
+
+Start-up: build the pieces, bind both ports (0 = a free one), start both servers, then write one
+JSON line to stderr - `{"event": "listening", "grpc_port": ..., "http_port": ...}` - which
+launchers wait for. The gateway is live at once and ready (health SERVING, /readyz 200) when the
+model server reports the default model AVAILABLE.
+
+Shutdown on SIGTERM/SIGINT: readiness and health go NOT_SERVING first, then (after
+`shutdown_delay_seconds`) both servers stop accepting and in-flight requests get
+`shutdown_grace_seconds` to finish; exit status 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import socket
+import sys
+
+import uvicorn
+import yaml
+
+from gateway.backend import Backend
+from gateway.core import ClassifierService
+from gateway.decode import DecodeLimits, Decoder, install_pillow_guards
+from gateway.grpc_service import create_grpc_server
+from gateway.logs import setup_logging
+from gateway.metrics import Metrics
+from gateway.registry import ModelRegistry
+from gateway.resilience import CircuitBreaker, RetryBudget
+from gateway.rest import create_app
+from gateway.settings import Settings, SettingsError, env_name, flag_name, load_settings
+
+log = logging.getLogger(__name__)
+
+_NOT_FLAGS = {"models"}  # nested: YAML or environment only
+
+
+class _EmbeddedUvicorn(uvicorn.Server):
+    """Uvicorn as one task among others: no signal handlers of its own, and a `started` event."""
+
+    def __init__(self, config: uvicorn.Config):
+        super().__init__(config)
+        self.started_event = asyncio.Event()
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield  # the gateway owns SIGTERM/SIGINT and stops both servers together
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets=sockets)
+        self.started_event.set()
+
+
+def bind_tcp(host: str, port: int) -> socket.socket:
+    """A listening-ready TCP socket on host:port (port 0: the kernel picks one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+async def serve(settings: Settings) -> int:
+    loop = asyncio.get_running_loop()
+    install_pillow_guards(settings.max_image_pixels)
+    metrics = Metrics()
+    circuit = CircuitBreaker(settings.circuit_failure_threshold, settings.circuit_open_seconds,
+                             on_change=lambda state: metrics.circuit_state.set(int(state)))
+    backend = Backend(settings.backend, metrics=metrics, circuit=circuit,
+                      retry_budget=RetryBudget(settings.retry_budget_percent),
+                      call_timeout=settings.backend_timeout_seconds,
+                      keepalive_seconds=settings.backend_keepalive_seconds,
+                      max_message_bytes=settings.backend_max_message_bytes)
+    registry = ModelRegistry(backend, settings, metrics)
+    decoder = Decoder(settings.decode_workers, settings.max_pending_decodes,
+                      DecodeLimits(tuple(settings.allowed_formats), settings.max_image_pixels))
+    service = ClassifierService(settings, backend, registry, decoder, metrics)
+    try:
+        grpc_server, grpc_port, health_servicer = await create_grpc_server(settings, service, registry, metrics)
+        http_socket = bind_tcp(settings.host, settings.http_port)
+    except (OSError, RuntimeError) as exc:
+        log.error("cannot bind: %s", exc)
+        await backend.close()
+        decoder.close()
+        return 1
+    http_server = _EmbeddedUvicorn(uvicorn.Config(
+        create_app(settings, service, registry, metrics), lifespan="off", log_config=None,
+        access_log=False, server_header=False, timeout_graceful_shutdown=settings.shutdown_grace_seconds))
+
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    await grpc_server.start()
+    http_task = asyncio.create_task(http_server.serve(sockets=[http_socket]), name="http")
+    started = asyncio.create_task(http_server.started_event.wait())
+    await asyncio.wait({started, http_task}, return_when=asyncio.FIRST_COMPLETED)
+    if not http_server.started_event.is_set():
+        log.error("the HTTP server did not start")
+        await grpc_server.stop(0)
+        return 1
+    watcher = asyncio.create_task(registry.watch(), name="model-watcher")
+    http_port = http_socket.getsockname()[1]
+    announce_listening(settings, grpc_port, http_port)
+
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({stopping, http_task}, return_when=asyncio.FIRST_COMPLETED)
+    exit_code = 0 if stop.is_set() else 1
+    log.info("shutting down", extra={"fields": {"event": "draining",
+                                                "grace_seconds": settings.shutdown_grace_seconds}})
+    await registry.drain()
+    await health_servicer.enter_graceful_shutdown()
+    await asyncio.sleep(settings.shutdown_delay_seconds)
+    http_server.should_exit = True
+    await asyncio.gather(grpc_server.stop(settings.shutdown_grace_seconds), http_task,
+                         return_exceptions=True)
+    watcher.cancel()
+    await asyncio.gather(watcher, return_exceptions=True)
+    await service.close()
+    decoder.close()
+    await backend.close()
+    log.info("stopped", extra={"fields": {"event": "stopped"}})
+    return exit_code
+
+
+def announce_listening(settings: Settings, grpc_port: int, http_port: int) -> None:
+    """The one start-up line launchers wait for; always JSON, whatever the log format."""
+    line = {"event": "listening", "grpc_port": grpc_port, "http_port": http_port,
+            "host": settings.host, "backend": settings.backend}
+    print(json.dumps(line), file=sys.stderr, flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m gateway",
+        description="The classifier gateway: classifier.v1 over gRPC and REST in front of a TF Serving "
+                    "model server. Precedence: flags > GATEWAY_* environment > --config YAML > defaults.")
+    for name, field in Settings.model_fields.items():
+        if name in _NOT_FLAGS:
+            continue
+        default = field.get_default(call_default_factory=True)
+        parser.add_argument(flag_name(name), dest=name, default=argparse.SUPPRESS, metavar=name.upper(),
+                            help=f"{field.description} (env {env_name(name)}; default {_show(default)})")
+    parser.add_argument("--print-settings", action="store_true",
+                        help="print the settings in effect as YAML and exit")
+    return parser
+
+
+def _show(value) -> str:
+    return ",".join(value) if isinstance(value, list) else str(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    print_settings = args.pop("print_settings")
+    try:
+        settings = load_settings(args)
+    except SettingsError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    if print_settings:
+        print(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False), end="")
+        return 0
+    setup_logging(settings.log_level, settings.log_format)
+    return asyncio.run(serve(settings))

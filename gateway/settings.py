@@ -1,0 +1,219 @@
+"""The gateway's one settings object (CONTRACT §7).
+
+Sources, highest precedence first: command-line flags, `GATEWAY_<NAME>` environment variables, the
+YAML file named by `--config` / `GATEWAY_CONFIG`, then the defaults below. Nested values come from
+the environment as JSON (`GATEWAY_MODELS='{"fashion": {...}}'`) or with `__` between the levels
+(`GATEWAY_MODELS__FASHION__UNCERTAIN_LABEL=unsure`). Built once, by `load_settings()` in main(),
+never at import time; an invalid value stops start-up with a message naming the setting.
+`gateway/config.example.yaml` documents every setting.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+from gateway.thresholds import DEFAULT_UNCERTAIN_LABEL, Thresholds
+
+ENV_PREFIX = "GATEWAY_"
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+
+
+class SettingsError(Exception):
+    """Start-up configuration is invalid; the message names the setting and where it came from."""
+
+
+class ModelSettings(BaseModel):
+    """Per-model rules, under `models: {<name>: ...}`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    thresholds: Thresholds = Field(default_factory=Thresholds,
+                                   description="binary band and multi-class rules (CONTRACT §4)")
+    uncertain_label: str = Field(DEFAULT_UNCERTAIN_LABEL, min_length=1,
+                                 description="the label answered when the thresholds do not pass")
+    alpha_background: str = Field(
+        "black", description="colour transparent pixels are composited onto before the model sees "
+                             "them (Pillow colour name or #rrggbb); Fashion-MNIST items are light on black")
+
+    @field_validator("alpha_background")
+    @classmethod
+    def _known_colour(cls, value: str) -> str:
+        from PIL import ImageColor
+
+        ImageColor.getrgb(value)  # ValueError names the colour
+        return value
+
+
+def _default_decode_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+class Settings(BaseSettings):
+    """Every setting of `python -m gateway`; see gateway/config.example.yaml for the same, commented."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True,
+        validate_default=True,
+    )
+
+    config: Path | None = Field(None, description="YAML file with settings (lower precedence than env and flags)")
+    # Where things are.
+    backend: str = Field("127.0.0.1:8500", min_length=1,
+                         description="model server gRPC target: HOST:PORT, or dns:///HOST:PORT to "
+                                     "round-robin over every address the name resolves to")
+    host: str = Field("127.0.0.1", description="address to bind both ports to (0.0.0.0 in containers)")
+    grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one")
+    http_port: int = Field(8080, ge=0, le=65535, description="HTTP port; 0 picks a free one")
+    # Models and answers.
+    default_model: str = Field("fashion", pattern=MODEL_NAME_PATTERN,
+                               description="model used when a request names none")
+    default_top_k: int = Field(5, ge=1, le=1000, description="predictions returned when top_k is 0 or absent")
+    models: dict[str, ModelSettings] = Field(
+        default_factory=dict, description="per-model thresholds and uncertain label; the gateway "
+                                          "fronts default_model plus every model named here")
+    # Batching and back-pressure.
+    max_batch_size: int = Field(32, ge=1, le=4096, description="most images in one Predict call")
+    max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0,
+                               description="longest a request waits for others to fill its batch")
+    max_concurrent_batches: int = Field(4, ge=1, le=256,
+                                        description="Predict calls in flight per model; further requests queue (and batch)")
+    max_queue: int = Field(256, ge=1, le=100_000,
+                           description="requests waiting for a batch, per model; beyond it RESOURCE_EXHAUSTED/429")
+    decode_workers: int = Field(default_factory=_default_decode_workers, ge=1, le=64,
+                                description="threads decoding images (default: CPUs, at most 4)")
+    max_pending_decodes: int = Field(64, ge=1, le=100_000,
+                                     description="images decoding or waiting for a decode thread; beyond it RESOURCE_EXHAUSTED/429")
+    # Input limits.
+    allowed_formats: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["JPEG", "PNG", "WEBP"],
+        description="Pillow format names accepted (comma-separated in env and flags)")
+    max_image_pixels: int = Field(25_000_000, ge=1, description="width x height above which an image is refused (pixel bombs)")
+    max_body_bytes: int = Field(10 * 2**20, ge=1024, description="largest REST request body")
+    max_message_bytes: int = Field(16 * 2**20, ge=1024, description="largest gRPC request message")
+    max_images_per_request: int = Field(64, ge=1, le=10_000, description="most images in one ClassifyBatch")
+    # Time.
+    request_timeout_seconds: float = Field(10.0, gt=0, description="deadline of a request that brings none")
+    backend_timeout_seconds: float = Field(5.0, gt=0, description="deadline of the gateway's own calls to the model server (status, metadata)")
+    backend_keepalive_seconds: float = Field(30.0, gt=0, description="HTTP/2 keepalive ping interval on the model server channel")
+    backend_max_message_bytes: int = Field(64 * 2**20, ge=1024, description="largest message to/from the model server")
+    health_check_interval_seconds: float = Field(2.0, gt=0, description="how often the model server's model states are re-checked")
+    circuit_failure_threshold: int = Field(5, ge=1, description="consecutive backend failures that open the circuit")
+    circuit_open_seconds: float = Field(2.0, gt=0, description="how long an open circuit fails fast before one trial call")
+    retry_budget_percent: float = Field(10.0, ge=0.0, le=100.0,
+                                        description="retries of failed Predict calls allowed, as a percentage of calls")
+    shutdown_delay_seconds: float = Field(0.0, ge=0.0, description="after SIGTERM, time spent NOT_SERVING before refusing connections (load balancers notice)")
+    shutdown_grace_seconds: float = Field(10.0, ge=0.0, description="after that, time given to in-flight requests")
+    # The web page.
+    examples_dir: Path = Field(Path("examples"), description="folder of example images, listed at GET "
+                               "/v1/examples and served under /examples/ (relative to the working directory)")
+    # Logs.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
+    log_format: Literal["json", "text"] = Field("json", description="json: one JSON object per line")
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _normalise_case(cls, value: Any, info) -> Any:
+        if isinstance(value, str):
+            return value.upper() if info.field_name == "log_level" else value.lower()
+        return value
+
+    @field_validator("allowed_formats", mode="before")
+    @classmethod
+    def _split_formats(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part for part in value.replace(" ", "").split(",") if part]
+        return value
+
+    @field_validator("allowed_formats")
+    @classmethod
+    def _known_formats(cls, value: list[str]) -> list[str]:
+        from PIL import Image
+
+        Image.init()
+        formats = [v.upper() for v in value]
+        unknown = [f for f in formats if f not in Image.OPEN]
+        if unknown or not formats:
+            raise ValueError(f"unknown or empty format list {unknown or value}; Pillow reads e.g. JPEG, PNG, WEBP, GIF")
+        return formats
+
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, value: dict[str, ModelSettings]) -> dict[str, ModelSettings]:
+
+        bad = [name for name in value if not re.match(MODEL_NAME_PATTERN, name)]
+        if bad:
+            raise ValueError(f"invalid model names {bad}: use letters, digits, '_', '.', '-'")
+        return value
+
+    @property
+    def model_names(self) -> list[str]:
+        """The models the gateway fronts: the default one first, then the configured ones."""
+        return [self.default_model] + sorted(n for n in self.models if n != self.default_model)
+
+    def model_settings(self, name: str) -> ModelSettings:
+        return self.models.get(name) or ModelSettings()
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        # Flags arrive as init kwargs; the YAML source reads the file the earlier sources named.
+        return init_settings, env_settings, _YamlFileSource(settings_cls)
+
+
+class _YamlFileSource(PydanticBaseSettingsSource):
+    """Settings from the YAML file named by the `config` setting (flag or env)."""
+
+    def get_field_value(self, field, field_name):  # required by the base class; unused
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = self.current_state.get("config")
+        if not path:
+            return {}
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise SettingsError(f"config file {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise SettingsError(f"config file {path} is not valid YAML: {exc}") from None
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise SettingsError(f"config file {path} must hold a mapping of settings, not {type(data).__name__}")
+        if "config" in data:
+            raise SettingsError(f"config file {path}: `config` cannot be set inside a config file")
+        return data
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def load_settings(flags: Mapping[str, Any] | None = None) -> Settings:
+    """Build the settings from flags (already parsed: {field: value}), env and the YAML file."""
+    try:
+        return Settings(**dict(flags or {}))
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = ["invalid settings:"]
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        name = ".".join(loc) or "(settings)"
+        where = f"flag {flag_name(loc[0])}, env {env_name(loc[0])} or the config file" if loc else ""
+        got = f" (got {error['input']!r})" if "input" in error and not isinstance(error["input"], dict) else ""
+        lines.append(f"  {name}: {error['msg']}{got}" + (f"  [set by {where}]" if where else ""))
+    return "\n".join(lines)

@@ -1,0 +1,430 @@
+// The gateway's web page: pick, drop or paste an image (or click a bundled example), send it to
+// the REST API (CONTRACT §5) and show the decision, the top-k scores and the timings.
+//
+// Plain browser JavaScript, no build step and no third-party code, so the page works offline and
+// what is served is what is read. Every URL is relative, so the page also works behind a path
+// prefix. Optional gateway features (the example list, Server-Timing) are used when present and
+// quietly left out when absent.
+
+const $ = (id) => document.getElementById(id);
+
+const ui = {
+  status: $("service-status"),
+  statusText: $("service-status-text"),
+  modelField: $("model-field"),
+  model: $("model"),
+  topK: $("top-k"),
+  file: $("file"),
+  dropzone: $("dropzone"),
+  dropzoneTitle: $("dropzone-title"),
+  previewFrame: $("preview-frame"),
+  preview: $("preview"),
+  icon: $("dropzone-icon"),
+  examples: $("examples"),
+  exampleList: $("example-list"),
+  resultCard: $("result-card"),
+  placeholder: $("placeholder"),
+  busy: $("busy"),
+  outcome: $("outcome"),
+  decision: $("decision"),
+  decisionBadge: $("decision-badge"),
+  decisionLabel: $("decision-label"),
+  decisionNote: $("decision-note"),
+  bars: $("bars"),
+  metaModel: $("meta-model"),
+  metaLatency: $("meta-latency"),
+  metaServerRow: $("meta-server-row"),
+  metaServer: $("meta-server"),
+  problem: $("problem"),
+  problemTitle: $("problem-title"),
+  problemMessage: $("problem-message"),
+  problemDetail: $("problem-detail"),
+  announcer: $("announcer"),
+};
+
+// What the user sees for each HTTP status of the error table (CONTRACT §6); the server's own
+// message is shown under the title.
+const ERROR_TITLES = {
+  400: "This file cannot be classified",
+  401: "Not signed in",
+  404: "Unknown model",
+  413: "The file is too large",
+  429: "The service is busy, try again in a moment",
+  503: "The model is not available right now",
+  504: "The request took too long",
+};
+
+const state = {
+  current: null,     // {blob, name}: the image on screen, re-sent when the model or top-k changes
+  inFlight: null,    // AbortController of the request whose answer the page is waiting for
+  previewUrl: null,  // object URL of the preview, revoked when replaced
+};
+
+const percent = (score) => `${(score * 100).toFixed(1)}%`;
+
+function show(element, visible) {
+  element.hidden = !visible;
+}
+
+function setPanel(which) {
+  show(ui.placeholder, which === "placeholder");
+  show(ui.busy, which === "busy");
+  show(ui.outcome, which === "outcome");
+  show(ui.problem, which === "problem");
+  ui.resultCard.setAttribute("aria-busy", String(which === "busy"));
+  if (which === "outcome" || which === "problem") revealResult();
+}
+
+// On a phone the answer may be below the fold (after clicking an example further down, say):
+// bring it into view without moving the keyboard focus.
+function revealResult() {
+  const box = ui.resultCard.getBoundingClientRect();
+  if (box.top < 0 || box.top > window.innerHeight - 80) {
+    const smooth = !window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+    ui.resultCard.scrollIntoView({ block: "start", behavior: smooth ? "smooth" : "auto" });
+  }
+}
+
+function announce(text) {
+  ui.announcer.textContent = text;
+}
+
+// ---- models ---------------------------------------------------------------------------------
+
+async function loadModels() {
+  let models;
+  try {
+    const response = await fetch("v1/models", { headers: { accept: "application/json" } });
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    models = (await response.json()).models || [];
+  } catch (err) {
+    setServiceStatus("down", `Models unavailable (${err.message})`);
+    return;
+  }
+  renderModelChoice(models);
+  const ready = models.filter((m) => m.state === "AVAILABLE");
+  if (models.length === 0) {
+    setServiceStatus("down", "No models served");
+  } else if (ready.length === models.length) {
+    setServiceStatus("ready", models.length === 1
+      ? `${models[0].name} v${models[0].version} ready`
+      : `${models.length} models ready`);
+  } else {
+    setServiceStatus("partial", `${ready.length} of ${models.length} models ready`);
+  }
+}
+
+function setServiceStatus(kind, text) {
+  ui.status.dataset.state = kind;
+  ui.statusText.textContent = text;
+}
+
+// The selector only appears when there is a choice to make. Its first entry sends requests to
+// /v1/classify, so the server keeps deciding what "the default model" is.
+function renderModelChoice(models) {
+  ui.model.replaceChildren(new Option("Default", ""));
+  for (const m of models) {
+    const stateNote = m.state && m.state !== "AVAILABLE" ? ` (${m.state.toLowerCase()})` : "";
+    ui.model.append(new Option(`${m.name} v${m.version}${stateNote}`, m.name));
+  }
+  show(ui.modelField, models.length > 1);
+}
+
+// ---- examples -------------------------------------------------------------------------------
+
+// The bundled examples come from GET v1/examples ({"examples": [{"name", "url"}]}); a gateway
+// without that route simply gets a page without the gallery.
+async function loadExamples() {
+  let examples;
+  try {
+    const response = await fetch("v1/examples", { headers: { accept: "application/json" } });
+    if (!response.ok) return;
+    examples = (await response.json()).examples || [];
+  } catch (err) {
+    console.info("no example gallery:", err.message);
+    return;
+  }
+  ui.exampleList.replaceChildren(...examples.map(exampleButton));
+  show(ui.examples, examples.length > 0);
+}
+
+function exampleTitle(name) {
+  const stem = name.split("/").pop().replace(/\.[^.]+$/, "");
+  return stem.replace(/[-_]+/g, " ").trim();
+}
+
+function exampleButton(example) {
+  const title = exampleTitle(example.name);
+  const item = document.createElement("li");
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "example";
+  button.dataset.url = example.url;
+  button.title = title;
+  button.setAttribute("aria-label", `Classify example: ${title}`);
+  const img = document.createElement("img");
+  img.src = example.url;
+  img.alt = "";
+  img.loading = "lazy";
+  img.decoding = "async";
+  img.addEventListener("load", () => markPixelArt(img), { once: true });
+  const caption = document.createElement("span");
+  caption.textContent = title;
+  caption.setAttribute("aria-hidden", "true");
+  button.append(img, caption);
+  button.addEventListener("click", () => classifyExample(example, title));
+  item.append(button);
+  return item;
+}
+
+async function classifyExample(example, title) {
+  try {
+    const response = await fetch(example.url);
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    const blob = await response.blob();
+    classify(blob, example.name.split("/").pop() || title);
+  } catch (err) {
+    showProblem({
+      title: "The example could not be loaded",
+      message: `${example.url}: ${err.message}`,
+    });
+  }
+}
+
+// Tiny images (Fashion-MNIST is 28x28) are scaled up without blurring.
+function markPixelArt(img) {
+  img.classList.toggle("pixelated", img.naturalWidth > 0 && img.naturalWidth <= 64);
+}
+
+// ---- picking, dropping, pasting -------------------------------------------------------------
+
+function wireInputs() {
+  ui.dropzone.addEventListener("click", () => ui.file.click());
+  ui.file.addEventListener("change", () => {
+    const [file] = ui.file.files;
+    if (file) classify(file, file.name);
+    ui.file.value = ""; // choosing the same file again still fires "change"
+  });
+
+  // Drops land anywhere on the page: a near miss must not make the browser open the file.
+  let depth = 0;
+  const highlight = (on) => ui.dropzone.classList.toggle("dragging", on);
+  window.addEventListener("dragenter", (e) => {
+    if (!hasFiles(e)) return;
+    depth += 1;
+    highlight(true);
+  });
+  window.addEventListener("dragleave", () => {
+    depth = Math.max(0, depth - 1);
+    if (depth === 0) highlight(false);
+  });
+  window.addEventListener("dragover", (e) => {
+    if (!hasFiles(e)) return;
+    e.preventDefault();
+    e.dataTransfer.dropEffect = "copy";
+  });
+  window.addEventListener("drop", (e) => {
+    if (!hasFiles(e)) return;
+    e.preventDefault();
+    depth = 0;
+    highlight(false);
+    const [file] = e.dataTransfer.files;
+    if (file) classify(file, file.name);
+  });
+
+  document.addEventListener("paste", (e) => {
+    const file = [...(e.clipboardData?.files || [])][0];
+    if (!file) return;
+    e.preventDefault();
+    classify(file, file.name || "pasted image");
+  });
+
+  const again = () => state.current && classify(state.current.blob, state.current.name);
+  ui.model.addEventListener("change", again);
+  ui.topK.addEventListener("change", again);
+}
+
+function hasFiles(event) {
+  return [...(event.dataTransfer?.types || [])].includes("Files");
+}
+
+function showPreview(blob, name) {
+  if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
+  state.previewUrl = URL.createObjectURL(blob);
+  ui.preview.classList.remove("pixelated");
+  ui.preview.onload = () => markPixelArt(ui.preview);
+  // A file the browser cannot render (text, say) shows no broken-image icon.
+  ui.preview.onerror = () => {
+    show(ui.previewFrame, false);
+    show(ui.icon, true);
+  };
+  ui.preview.src = state.previewUrl;
+  ui.preview.alt = `Selected image: ${name}`;
+  show(ui.previewFrame, true);
+  show(ui.icon, false);
+  ui.dropzoneTitle.textContent = "Choose another image";
+}
+
+// ---- classifying ----------------------------------------------------------------------------
+
+function classifyUrl() {
+  const model = ui.model.value;
+  const path = model ? `v1/models/${encodeURIComponent(model)}:classify` : "v1/classify";
+  return `${path}?top_k=${encodeURIComponent(ui.topK.value)}`;
+}
+
+async function classify(blob, name) {
+  state.inFlight?.abort(); // only the latest image's answer may reach the screen
+  const controller = new AbortController();
+  state.inFlight = controller;
+  state.current = { blob, name };
+  showPreview(blob, name);
+  setPanel("busy");
+
+  const form = new FormData();
+  form.append("image", blob, name);
+  const started = performance.now();
+  let response;
+  let body;
+  try {
+    response = await fetch(classifyUrl(), {
+      method: "POST",
+      body: form,
+      headers: { accept: "application/json" },
+      signal: controller.signal,
+    });
+    body = await readJson(response);
+  } catch (err) {
+    if (err.name === "AbortError") return;
+    showProblem({
+      title: "The gateway could not be reached",
+      message: `${err.message}. Is the gateway still running?`,
+    });
+    return;
+  } finally {
+    if (state.inFlight === controller) state.inFlight = null;
+  }
+  if (controller.signal.aborted) return;
+  const elapsed = performance.now() - started;
+
+  if (!response.ok) {
+    showHttpError(response, body, name);
+  } else {
+    showOutcome(body, { elapsed, serverTiming: response.headers.get("server-timing") });
+  }
+}
+
+// Error answers from a proxy in front of the gateway may not be JSON; keep going without a body.
+async function readJson(response) {
+  const text = await response.text();
+  try {
+    return JSON.parse(text);
+  } catch {
+    return null;
+  }
+}
+
+function showOutcome(answer, timing) {
+  const predictions = answer.predictions || [];
+  const top = predictions[0];
+  const confident = Boolean(answer.confident);
+
+  ui.decision.dataset.confident = String(confident);
+  // The server's label verbatim: for an unsure answer it is the model's uncertain label.
+  ui.decisionLabel.textContent = answer.label;
+  ui.decisionBadge.textContent = confident ? "Decision" : "No decision";
+  if (confident) {
+    ui.decisionNote.textContent = top ? `${percent(top.score)} score` : "";
+  } else if (top) {
+    ui.decisionNote.textContent =
+      `The scores do not pass the model's thresholds. Best guess: ${top.label} (${percent(top.score)}).`;
+  } else {
+    ui.decisionNote.textContent = "The scores do not pass the model's thresholds.";
+  }
+
+  ui.bars.replaceChildren(...predictions.map((p, i) => barRow(p, i === 0 && confident)));
+
+  ui.metaModel.textContent = `${answer.model} v${answer.model_version}`;
+  ui.metaLatency.textContent = `${Math.round(timing.elapsed)} ms`;
+  const server = describeServerTiming(timing.serverTiming);
+  ui.metaServer.textContent = server;
+  show(ui.metaServerRow, Boolean(server));
+
+  setPanel("outcome");
+  announce(confident
+    ? `Decision: ${answer.label}, score ${percent(top?.score ?? 0)}.`
+    : `${answer.label}. Best guess ${top ? `${top.label}, ${percent(top.score)}` : "none"}.`);
+}
+
+function barRow(prediction, chosen) {
+  const row = document.createElement("li");
+  row.className = chosen ? "bar chosen" : "bar";
+  row.dataset.label = prediction.label;
+  row.dataset.score = String(prediction.score);
+
+  const label = document.createElement("span");
+  label.className = "bar-label";
+  label.textContent = prediction.label;
+
+  const track = document.createElement("span");
+  track.className = "bar-track";
+  track.setAttribute("aria-hidden", "true");
+  const fill = document.createElement("span");
+  fill.className = "bar-fill";
+  fill.style.width = `${Math.max(0, Math.min(1, prediction.score)) * 100}%`;
+  track.append(fill);
+
+  const value = document.createElement("span");
+  value.className = "bar-value";
+  value.textContent = percent(prediction.score);
+
+  row.append(label, track, value);
+  return row;
+}
+
+// Server-Timing: "total;dur=12.3, decode;dur=1.1, predict;dur=9.8" (any metric names).
+function describeServerTiming(header) {
+  if (!header) return "";
+  const metrics = header.split(",").map((entry) => {
+    const [name, ...params] = entry.trim().split(";");
+    const dur = params.map((p) => p.trim()).find((p) => p.startsWith("dur="));
+    return { name: name.trim(), dur: dur ? Number(dur.slice(4)) : NaN };
+  }).filter((m) => m.name && Number.isFinite(m.dur));
+  if (metrics.length === 0) return "";
+  const total = metrics.find((m) => m.name === "total");
+  const parts = metrics.filter((m) => m !== total).map((m) => `${m.name} ${m.dur.toFixed(1)}`);
+  const head = total ? `${total.dur.toFixed(1)} ms` : "";
+  const tail = parts.length ? `${parts.join(" · ")} ms` : "";
+  return head && tail ? `${head} (${tail})` : head || tail;
+}
+
+function showHttpError(response, body, name) {
+  const error = body?.error || {};
+  const requestId = error.request_id || response.headers.get("x-request-id") || "";
+  showProblem({
+    title: ERROR_TITLES[response.status] || `The gateway answered HTTP ${response.status}`,
+    message: error.message || response.statusText || "No explanation was given.",
+    detail: [
+      `File: ${name}`,
+      `HTTP ${response.status}${error.code ? ` ${error.code}` : ""}`,
+      requestId ? `Request id: ${requestId}` : "",
+    ].filter(Boolean).join(" · "),
+    requestId,
+  });
+}
+
+function showProblem({ title, message, detail = "", requestId = "" }) {
+  ui.problemTitle.textContent = title;
+  ui.problemMessage.textContent = message;
+  ui.problemDetail.textContent = detail;
+  ui.problem.dataset.requestId = requestId;
+  setPanel("problem");
+  // role="alert" on the panel announces it; the polite region is cleared so it does not repeat.
+  announce("");
+}
+
+// ---- start ----------------------------------------------------------------------------------
+
+wireInputs();
+loadModels();
+loadExamples();

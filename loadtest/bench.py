@@ -1,0 +1,295 @@
+"""`python -m loadtest.bench` (`make bench`): the side-by-side benchmark, one run, one machine.
+
+Starts one model server on the default model and two gateways in front of it (micro-batching on,
+as configured by default; and off: GATEWAY_MAX_BATCH_SIZE=1, GATEWAY_MAX_WAIT_MS=0), then measures,
+with the same small example images throughout:
+
+* a concurrency sweep (closed loop, `--concurrency` levels) of four ways to classify an image:
+  Predict straight to the model server (encoded image to the `image_bytes` signature; raw uint8
+  pixels to `serving_default`) and Classify through each gateway;
+* the load generator against a trivial endpoint (the gateway's gRPC health Check), which must
+  reach more calls per second than any system figure, or the generator was the bottleneck;
+* the model server's Predict at batch 32 against the same signature called in-process
+  (loadtest/inprocess.py, its own process because it imports TensorFlow);
+* request bytes: uint8 `tensor_content` against float32 values, one image and a batch of 32;
+* decode+resize of a 640x480 JPEG to the model's input on one core, with the gateway's decoder
+  (gateway/decode.py: Pillow with JPEG draft mode);
+* the gateways' resident memory before and after the sweep.
+
+Writes `reports/bench/<timestamp>/`: report.md (goals, tables, machine), samples.csv, goals.csv,
+bench.png (throughput and p50/p99 latency against concurrency) and the servers' logs. Numbers go
+in the report only: nothing here asserts on them.
+
+This process speaks TF Serving's API through the gateway's wire subset, so it must never import
+TensorFlow (see tests/conftest.py); the in-process measurement runs as a child process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import grpc
+import psutil
+from PIL import Image
+
+from gateway.backend import SIGNATURE, parse_signature
+from gateway.decode import DecodeLimits, InputSpec, decode_image
+from gateway.wire import apis, apis_grpc, tensor as tensor_pb2
+from gateway import tensors
+from loadtest import bench_report, machine
+from loadtest.bench_report import (BATCH, SERIES_BATCH, SERIES_DIRECT_BYTES, SERIES_DIRECT_PIXELS,
+                                   SERIES_GATEWAY_OFF, SERIES_GATEWAY_ON, SERIES_TRIVIAL)
+from loadtest.images import ImagePool, synthetic_photo
+from loadtest.loadgen import LoadGenerator, Workload
+from tools import stack
+
+ROOT = Path(__file__).resolve().parent.parent
+REPORTS = ROOT / "reports" / "bench"
+IMAGE_BYTES_SIGNATURE = "image_bytes"
+SCORES = "scores"
+DECODE_SIZE = (640, 480)
+BATCHING_ON = {"GATEWAY_MAX_BATCH_SIZE": "32", "GATEWAY_MAX_WAIT_MS": "2"}
+BATCHING_OFF = {"GATEWAY_MAX_BATCH_SIZE": "1", "GATEWAY_MAX_WAIT_MS": "0"}
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    name: str
+    version: int
+    input_name: str
+    spec: InputSpec
+    image_bytes_input: str | None  # the `image_bytes` signature's input, when the model has one
+
+    def describe(self) -> str:
+        s = self.spec
+        extra = f", `{IMAGE_BYTES_SIGNATURE}` signature" if self.image_bytes_input else ", no image_bytes signature"
+        return f"{self.name} v{self.version}: `{SIGNATURE}` input `{self.input_name}` uint8 [N,{s.height},{s.width},{s.channels}]{extra}"
+
+
+@dataclass(frozen=True)
+class DecodeRate:
+    images: int
+    wall_s: float
+    cpu_s: float
+    source: str
+
+    @property
+    def per_core(self) -> float:
+        """Images per CPU-second: what one core does, whatever else shares the machine."""
+        return self.images / self.cpu_s if self.cpu_s else float("nan")
+
+    @property
+    def per_wall_second(self) -> float:
+        return self.images / self.wall_s
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest.bench", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Side-by-side benchmark of the stack; writes reports/bench/<timestamp>/.")
+    parser.add_argument("--concurrency", default="1,4,16,32,64",
+                        help="comma-separated calls in flight for the sweep")
+    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per point")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each point")
+    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1,
+                        help="load-generator processes")
+    parser.add_argument("--models-dir", type=Path, default=stack.DEFAULT_MODELS_DIR,
+                        help="models directory; the default model is served from it")
+    parser.add_argument("--report-dir", type=Path, default=None,
+                        help="where to write the report (default: reports/bench/<timestamp>)")
+    parser.add_argument("--verbose", action="store_true", help="echo the servers' logs")
+    args = parser.parse_args(argv)
+    try:
+        args.levels = sorted({int(v) for v in args.concurrency.split(",") if v.strip()})
+    except ValueError:
+        parser.error(f"--concurrency: expected comma-separated integers, got {args.concurrency!r}")
+    if not args.levels or args.levels[0] < 1 or args.seconds <= 0 or args.warmup < 0 or args.processes < 1:
+        parser.error("--concurrency levels and --processes must be >= 1, --seconds > 0, --warmup >= 0")
+    return args
+
+
+def model_facts(target: str, name: str) -> ModelFacts:
+    """What the model server says about the model (GetModelMetadata), read as the gateway reads it."""
+    request = apis.GetModelMetadataRequest(metadata_field=["signature_def"])
+    request.model_spec.name = name
+    with grpc.insecure_channel(target) as channel:
+        response = apis_grpc.PredictionServiceStub(channel).GetModelMetadata(request, timeout=30)
+    signature = parse_signature(name, response)
+    signatures = apis.SignatureDefMap()
+    response.metadata["signature_def"].Unpack(signatures)
+    image_bytes = signatures.signature_def.get(IMAGE_BYTES_SIGNATURE)
+    image_bytes_input = next(iter(image_bytes.inputs), None) if image_bytes is not None else None
+    return ModelFacts(name, signature.version, signature.input_name, signature.input, image_bytes_input)
+
+
+def photo_640x480() -> tuple[bytes, str]:
+    """A 640x480 JPEG: a large example photo scaled down if there is one, else a synthetic photo."""
+    jpegs = [p for p in stack.example_images() if p.suffix.lower() in (".jpg", ".jpeg")]
+    for path in jpegs:
+        with Image.open(path) as img:
+            if img.width * img.height >= DECODE_SIZE[0] * DECODE_SIZE[1]:
+                buf = io.BytesIO()
+                img.convert("RGB").resize(DECODE_SIZE).save(buf, "JPEG", quality=90)
+                return buf.getvalue(), f"{path.name} scaled to 640x480"
+    return synthetic_photo(*DECODE_SIZE), "synthetic 640x480 photo"
+
+
+def decode_rate(jpeg: bytes, source: str, spec: InputSpec, seconds: float) -> DecodeRate:
+    """gateway.decode.decode_image in a loop on this one thread."""
+    limits = DecodeLimits()
+    for _ in range(10):
+        decode_image(jpeg, spec, limits)
+    count = 0
+    wall0, cpu0 = time.perf_counter(), time.thread_time()
+    while time.perf_counter() - wall0 < seconds:
+        decode_image(jpeg, spec, limits)
+        count += 1
+    return DecodeRate(count, time.perf_counter() - wall0, time.thread_time() - cpu0, source)
+
+
+def request_bytes(facts: ModelFacts, pixels: bytes, batch: int) -> dict[str, int]:
+    """Serialized PredictRequest sizes for `batch` images: uint8 tensor_content vs float32 values."""
+    rows = (pixels * batch)[: facts.spec.nbytes * batch]
+    shape = [batch, facts.spec.height, facts.spec.width, facts.spec.channels]
+
+    def size(tensor: tensor_pb2.TensorProto) -> int:
+        request = apis.PredictRequest(inputs={facts.input_name: tensor})
+        request.model_spec.name = facts.name
+        request.model_spec.signature_name = SIGNATURE
+        return request.ByteSize()
+
+    as_floats = tensor_pb2.TensorProto(dtype=tensors.DT_FLOAT, float_val=[float(v) for v in rows])
+    for dim in shape:
+        as_floats.tensor_shape.dim.add(size=dim)
+    return {"uint8": size(tensors.uint8_tensor(rows, shape)), "float32": size(as_floats)}
+
+
+def inprocess_rate(model_dir: Path, facts: ModelFacts, pixels: bytes, seconds: float, workdir: Path) -> dict:
+    """The signature called in-process at batch BATCH, in a child process (it imports TensorFlow)."""
+    rows_file = workdir / "inprocess-pixels.bin"
+    rows_file.write_bytes(pixels)
+    s = facts.spec
+    cmd = [sys.executable, "-m", "loadtest.inprocess", "--model-dir", str(model_dir), "--input", facts.input_name,
+           "--pixels", str(rows_file), "--shape", f"{s.height},{s.width},{s.channels}",
+           "--batch", str(BATCH), "--seconds", str(seconds)]
+    env = os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2"}
+    try:
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    finally:
+        rows_file.unlink(missing_ok=True)
+    if done.returncode != 0:
+        return {"error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def rss_mib(pid: int) -> float:
+    return psutil.Process(pid).memory_info().rss / 2**20
+
+
+@contextlib.contextmanager
+def bench_stack(args: argparse.Namespace, report_dir: Path) -> Iterator[tuple[stack.ModelServer, dict[str, stack.Gateway]]]:
+    """One model server and two gateways (batching on / off); all stopped on the way out."""
+    with contextlib.ExitStack() as stop:
+        server = stack.start_model_server(model_base_path=args.models_dir / stack.DEFAULT_MODEL, echo=args.verbose,
+                                          log_path=report_dir / "serving.log")
+        stop.callback(server.process.stop)
+        gateways = {}
+        for series, env, log_name in ((SERIES_GATEWAY_ON, BATCHING_ON, "gateway-batching-on.log"),
+                                      (SERIES_GATEWAY_OFF, BATCHING_OFF, "gateway-batching-off.log")):
+            gw = stack.start_gateway(backend=server.grpc_target, env=os.environ | env, echo=args.verbose,
+                                     log_path=report_dir / log_name)
+            stop.callback(gw.process.stop)
+            gateways[series] = gw
+        yield server, gateways
+
+
+def progress(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace, report_dir: Path) -> bench_report.BenchResult:
+    result = bench_report.BenchResult(
+        started=time.strftime("%Y-%m-%d %H:%M:%S %Z"), machine=machine.describe(),
+        settings={"concurrency levels": ", ".join(map(str, args.levels)), "measured seconds per point": args.seconds,
+                  "warm-up seconds per point": args.warmup, "load-generator processes": args.processes,
+                  "gateway, batching on": " ".join(f"{k}={v}" for k, v in BATCHING_ON.items()),
+                  "gateway, batching off": " ".join(f"{k}={v}" for k, v in BATCHING_OFF.items())})
+    images = [img.data for img in ImagePool.from_examples(large_share=0.0).small]
+    progress("starting the model server and two gateways ...")
+    with bench_stack(args, report_dir) as (server, gateways):
+        facts = model_facts(server.grpc_target, stack.DEFAULT_MODEL)
+        result.model = facts.describe()
+        pixels = [decode_image(data, facts.spec, DecodeLimits()) for data in images]
+        result.images = f"{len(images)} example images ({', '.join(sorted({f'{len(d):,} B' for d in images[:3]}))} ...)"
+        result.rss_before = {name: rss_mib(gw.process.proc.pid) for name, gw in gateways.items()}
+
+        progress("decode+resize of a 640x480 JPEG on one core ...")
+        jpeg, source = photo_640x480()
+        result.decode = decode_rate(jpeg, source, facts.spec, args.seconds)
+        result.request_bytes = {1: request_bytes(facts, pixels[0], 1), BATCH: request_bytes(facts, b"".join(pixels), BATCH)}
+
+        progress(f"the signature in-process at batch {BATCH} (a TensorFlow child process) ...")
+        result.inprocess = inprocess_rate(args.models_dir / facts.name / str(facts.version), facts,
+                                          b"".join(pixels), args.seconds, report_dir)
+
+        gw_on, gw_off = gateways[SERIES_GATEWAY_ON], gateways[SERIES_GATEWAY_OFF]
+        sweeps: list[tuple[str, Workload]] = [
+            (SERIES_DIRECT_PIXELS, Workload("predict_pixels", server.grpc_target, tuple(pixels), facts.name,
+                                            input_shape=(facts.spec.height, facts.spec.width, facts.spec.channels),
+                                            signature=SIGNATURE, input_name=facts.input_name, output_filter=(SCORES,))),
+            (SERIES_GATEWAY_ON, Workload("classify", gw_on.grpc_target, tuple(images))),
+            (SERIES_GATEWAY_OFF, Workload("classify", gw_off.grpc_target, tuple(images))),
+        ]
+        if facts.image_bytes_input:
+            sweeps.insert(0, (SERIES_DIRECT_BYTES, Workload(
+                "predict_bytes", server.grpc_target, tuple(images), facts.name, signature=IMAGE_BYTES_SIGNATURE,
+                input_name=facts.image_bytes_input, output_filter=(SCORES,))))
+        else:
+            result.notes.append(f"The model has no `{IMAGE_BYTES_SIGNATURE}` signature: the direct baseline "
+                                "is Predict with uint8 pixels decoded by the client.")
+
+        with LoadGenerator(args.processes, warmup_s=args.warmup, seconds=args.seconds) as gen:
+            progress(f"load generator on a trivial endpoint, {max(args.levels)} in flight ...")
+            result.trivial = gen.measure(SERIES_TRIVIAL, Workload("health", gw_on.grpc_target), max(args.levels))
+            for series, work in sweeps:
+                for level in args.levels:
+                    progress(f"{series}: {level} in flight ...")
+                    result.samples.append(gen.measure(series, work, level))
+            progress(f"model server Predict at batch {BATCH}, one call in flight ...")
+            batch_work = Workload("predict_pixels", server.grpc_target, tuple(pixels), facts.name, batch=BATCH,
+                                  input_shape=(facts.spec.height, facts.spec.width, facts.spec.channels),
+                                  signature=SIGNATURE, input_name=facts.input_name, output_filter=(SCORES,))
+            result.batch_server = gen.measure(SERIES_BATCH, batch_work, 1)
+        result.rss_after = {name: rss_mib(gw.process.proc.pid) for name, gw in gateways.items()}
+    result.finished = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    result.load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    report_dir = (args.report_dir or REPORTS / time.strftime("%Y%m%d-%H%M%S")).resolve()
+    report_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        result = run(args, report_dir)
+    except stack.StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    bench_report.write(result, report_dir)
+    print((report_dir / "report.md").read_text(encoding="utf-8").split("\n## Sweep")[0])
+    print(f"report: {report_dir}/report.md", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

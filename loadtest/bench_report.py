@@ -1,0 +1,254 @@
+"""The benchmark's report: goals met or missed, the sweep, and how it was measured.
+
+`write(result, folder)` produces report.md, samples.csv (one row per measured point), goals.csv
+and bench.png (throughput, p50 and p99 latency against concurrency). The goals are the issue's
+(and the contract's memory limit); a goal that could not be measured says why instead of passing.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from loadtest.loadgen import Sample
+from loadtest.machine import Machine
+
+HEADLINE_CONCURRENCY = 32
+IDLE_RSS_LIMIT_MIB = 150.0  # CONTRACT §1: the gateway's idle resident memory
+BATCH = 32  # images per Predict when comparing the model server with the in-process call
+
+# The measured series, by name (loadtest/bench.py measures them under these names).
+SERIES_DIRECT_BYTES = "direct Predict, encoded image"
+SERIES_DIRECT_PIXELS = "direct Predict, uint8 pixels"
+SERIES_GATEWAY_ON = "gateway, batching on"
+SERIES_GATEWAY_OFF = "gateway, batching off"
+SERIES_TRIVIAL = "gateway health Check (trivial)"
+SERIES_BATCH = f"direct Predict, batch {BATCH}"
+
+
+@dataclass
+class BenchResult:
+    """Everything `loadtest.bench` measured, filled in as it goes."""
+
+    started: str
+    machine: Machine
+    settings: dict[str, object]
+    finished: str = ""
+    load_after: tuple[float, float, float] | None = None
+    model: str = ""
+    images: str = ""
+    samples: list[Sample] = field(default_factory=list)
+    trivial: Sample | None = None
+    batch_server: Sample | None = None
+    inprocess: dict = field(default_factory=dict)
+    decode: object | None = None  # bench.DecodeRate
+    request_bytes: dict[int, dict[str, int]] = field(default_factory=dict)
+    rss_before: dict[str, float] = field(default_factory=dict)
+    rss_after: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Goal:
+    name: str
+    measured: str
+    goal: str
+    met: bool | None  # None: could not be measured
+
+    @property
+    def mark(self) -> str:
+        return {True: "met", False: "**missed**", None: "not measured"}[self.met]
+
+
+def _series(samples: Sequence[Sample], name: str) -> list[Sample]:
+    return sorted((s for s in samples if s.series == name), key=lambda s: s.concurrency)
+
+
+def _at(samples: Sequence[Sample], name: str, level: int) -> Sample | None:
+    return next((s for s in _series(samples, name) if s.concurrency == level), None)
+
+
+def headline_level(samples: Sequence[Sample]) -> int:
+    levels = sorted({s.concurrency for s in samples})
+    if not levels:
+        return HEADLINE_CONCURRENCY
+    below = [c for c in levels if c <= HEADLINE_CONCURRENCY]
+    return below[-1] if below else levels[0]
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not b or math.isnan(a) or math.isnan(b):
+        return None
+    return a / b
+
+
+def goals(r: BenchResult) -> list[Goal]:
+    level = headline_level(r.samples)
+    out: list[Goal] = []
+    on, off = _at(r.samples, SERIES_GATEWAY_ON, level), _at(r.samples, SERIES_GATEWAY_OFF, level)
+    direct_name = (SERIES_DIRECT_BYTES if _at(r.samples, SERIES_DIRECT_BYTES, level)
+                   else SERIES_DIRECT_PIXELS)
+    direct = _at(r.samples, direct_name, level)
+    ratio = _ratio(on and on.images_per_s, direct and direct.images_per_s)
+    out.append(Goal(f"through the gateway vs {direct_name}, images/s at {level} in flight",
+                    "n/a" if ratio is None else f"{ratio:.2f}× ({on.images_per_s:,.0f} vs {direct.images_per_s:,.0f})",
+                    "≥ 0.9×", None if ratio is None else ratio >= 0.9))
+    ratio = _ratio(on and on.images_per_s, off and off.images_per_s)
+    p99_ok = on is not None and off is not None and on.percentile_ms(0.99) <= off.percentile_ms(0.99)
+    out.append(Goal(f"gateway micro-batching on vs off, images/s at {level} in flight",
+                    "n/a" if ratio is None else
+                    f"{ratio:.2f}× ({on.images_per_s:,.0f} vs {off.images_per_s:,.0f}); p99 "
+                    f"{on.percentile_ms(0.99):,.1f} vs {off.percentile_ms(0.99):,.1f} ms",
+                    "≥ 1.5×, p99 not worse", None if ratio is None else (ratio >= 1.5 and p99_ok)))
+    server = r.batch_server.images_per_s if r.batch_server and r.batch_server.calls else None
+    local = r.inprocess.get("images_per_s")
+    ratio = _ratio(server, local)
+    out.append(Goal(f"model server Predict vs in-process signature call, batch {BATCH}",
+                    f"n/a ({r.inprocess.get('error', 'no result')})" if ratio is None else
+                    f"{ratio:.2f}× ({server:,.0f} vs {local:,.0f} images/s)",
+                    "≥ 0.8×", None if ratio is None else ratio >= 0.8))
+    one = r.request_bytes.get(1)
+    many = r.request_bytes.get(BATCH)
+    ratio = _ratio(one and one["uint8"], one and one["float32"])
+    out.append(Goal("request bytes, uint8 tensor_content vs float32 values",
+                    "n/a" if ratio is None else
+                    f"{ratio:.3f}× for 1 image ({one['uint8']:,} vs {one['float32']:,} B); "
+                    f"{many['uint8'] / many['float32']:.3f}× for {BATCH}",
+                    "≤ 0.26×", None if ratio is None else ratio <= 0.26))
+    d = r.decode
+    out.append(Goal("decode+resize of a 640×480 JPEG, one core",
+                    "n/a" if d is None else f"{d.per_core:,.0f} images per CPU-second "
+                                            f"({d.per_wall_second:,.0f}/s wall clock)",
+                    "≥ 1,000 images/s", None if d is None else d.per_core >= 1000))
+    idle = r.rss_before.get(SERIES_GATEWAY_ON)
+    out.append(Goal("gateway resident memory, idle → after the sweep",
+                    "n/a" if idle is None else
+                    f"{idle:,.0f} → {r.rss_after.get(SERIES_GATEWAY_ON, float('nan')):,.0f} MiB",
+                    f"idle ≤ {IDLE_RSS_LIMIT_MIB:.0f} MB", None if idle is None else idle <= IDLE_RSS_LIMIT_MIB))
+    system_best = max((s.calls_per_s for s in r.samples), default=None)
+    trivial = r.trivial.calls_per_s if r.trivial and r.trivial.calls else None
+    out.append(Goal("load generator headroom: trivial endpoint vs best system figure, calls/s",
+                    "n/a" if trivial is None or system_best is None else f"{trivial:,.0f} vs {system_best:,.0f}",
+                    "trivial > system", None if trivial is None or system_best is None else trivial > system_best))
+    return out
+
+
+def write_samples_csv(samples: Sequence[Sample], path: Path) -> None:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["series", "concurrency", "processes", "seconds", "images_per_call", "calls", "calls_per_s",
+                    "images_per_s", "p50_ms", "p90_ms", "p99_ms", "errors"])
+        for s in samples:
+            w.writerow([s.series, s.concurrency, s.processes, s.seconds, s.images_per_call, s.calls,
+                        f"{s.calls_per_s:.1f}", f"{s.images_per_s:.1f}", f"{s.percentile_ms(0.5):.2f}",
+                        f"{s.percentile_ms(0.9):.2f}", f"{s.percentile_ms(0.99):.2f}",
+                        ";".join(f"{k}={v}" for k, v in sorted(s.errors.items()))])
+
+
+def write_goals_csv(found: Sequence[Goal], path: Path) -> None:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["goal", "measured", "target", "met"])
+        for g in found:
+            w.writerow([g.name, g.measured, g.goal, "" if g.met is None else g.met])
+
+
+def plot(samples: Sequence[Sample], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for i, name in enumerate(dict.fromkeys(s.series for s in samples)):
+        points = _series(samples, name)
+        x = [p.concurrency for p in points]
+        colour = f"C{i}"
+        left.plot(x, [p.images_per_s for p in points], marker="o", color=colour, label=name)
+        right.plot(x, [p.percentile_ms(0.99) for p in points], marker="o", color=colour, label=f"{name} p99")
+        right.plot(x, [p.percentile_ms(0.5) for p in points], marker=".", linestyle="--", color=colour,
+                   label=f"{name} p50")
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("calls in flight (concurrency)")
+        ax.grid(True, which="both", alpha=0.3)
+    left.set_ylabel("images / s")
+    left.set_title("throughput")
+    left.legend(fontsize=8)
+    right.set_yscale("log")
+    right.set_ylabel("latency, ms")
+    right.set_title("latency: p99 (solid), p50 (dashed)")
+    right.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _sweep_table(samples: Sequence[Sample]) -> list[str]:
+    lines = ["| series | in flight | images/s | calls/s | p50 ms | p99 ms | errors |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for s in samples:
+        errors = ", ".join(f"{k} {v}" for k, v in sorted(s.errors.items())) or "0"
+        lines.append(f"| {s.series} | {s.concurrency} | {s.images_per_s:,.0f} | {s.calls_per_s:,.0f} | "
+                     f"{s.percentile_ms(0.5):,.1f} | {s.percentile_ms(0.99):,.1f} | {errors} |")
+    return lines
+
+
+def _load(values: tuple[float, float, float] | None) -> str:
+    return "n/a" if values is None else " / ".join(f"{v:.2f}" for v in values)
+
+
+def render(r: BenchResult, found: Sequence[Goal]) -> str:
+    m = r.machine
+    system = [s for s in r.samples]
+    extra = [s for s in (r.trivial, r.batch_server) if s is not None]
+    lines = [
+        f"# Benchmark {r.started}", "",
+        f"Ran on {m.cpu_model}, {m.usable_cores} usable cores, {m.ram_gib:.0f} GiB RAM; load average "
+        f"{_load(m.load_average)} before, {_load(r.load_after)} after (1 / 5 / 15 min). Load generator, "
+        f"model server and gateways share these cores, as they would on one node.", "",
+        f"Model: {r.model}. Images: {r.images}.", "",
+        "## Goals", "", "| comparison | measured | goal | |", "|---|---|---|---|",
+        *[f"| {g.name} | {g.measured} | {g.goal} | {g.mark} |" for g in found], "",
+    ]
+    if r.notes:
+        lines += ["Notes:", "", *[f"- {n}" for n in r.notes], ""]
+    lines += [
+        "## Sweep", "",
+        "Closed loop: each caller sends its next request when the last one is answered. "
+        "Throughput counts calls completed in the measured window; latencies are client-side.", "",
+        *_sweep_table(system), "", "![throughput and latency against concurrency](bench.png)", "",
+        "## Other measurements", "", *_sweep_table(extra), "",
+    ]
+    if r.inprocess and "error" not in r.inprocess:
+        lines += [f"In-process signature call: {r.inprocess['images_per_s']:,.0f} images/s at batch "
+                  f"{r.inprocess['batch']} ({r.inprocess['calls']} calls in {r.inprocess['seconds']:.1f} s, "
+                  f"TensorFlow {r.inprocess['tensorflow']}).", ""]
+    if r.decode is not None:
+        d = r.decode
+        lines += [f"Decode: {d.images:,} decodes of a {d.source} in {d.wall_s:.1f} s wall clock, "
+                  f"{d.cpu_s:.1f} s CPU on one thread (gateway/decode.py).", ""]
+    if r.rss_before:
+        lines += ["Gateway resident memory (MiB): " + "; ".join(
+            f"{name}: {r.rss_before[name]:,.0f} idle → {r.rss_after.get(name, float('nan')):,.0f} after"
+            for name in r.rss_before), ""]
+    lines += [
+        "## Settings", "", "| setting | value |", "|---|---|",
+        *[f"| {k} | {v} |" for k, v in r.settings.items()], "",
+        "## Machine", "", m.markdown(), "",
+        f"Finished {r.finished}.", "",
+    ]
+    return "\n".join(lines)
+
+
+def write(r: BenchResult, folder: Path) -> list[Goal]:
+    found = goals(r)
+    write_samples_csv([*r.samples, *(s for s in (r.trivial, r.batch_server) if s is not None)], folder / "samples.csv")
+    write_goals_csv(found, folder / "goals.csv")
+    if r.samples:
+        plot(r.samples, folder / "bench.png")
+    (folder / "report.md").write_text(render(r, found), encoding="utf-8")
+    return found

@@ -1,0 +1,230 @@
+"""The benchmark's load generator: several processes of grpc.aio clients, closed loop.
+
+A Python client can saturate its own core before the server saturates (one grpc.aio process
+manages roughly 2,000-3,000 trivial calls per second), and then the benchmark measures the client.
+So the calls in flight are spread over `processes` worker processes, each an asyncio loop with its
+share of concurrent callers, and the bench checks the generator against a trivial endpoint
+(`health`) to show it reaches more than the system under test.
+
+Measurement: every worker waits for a common wall-clock start, runs `warmup_s` unrecorded, then
+counts the calls that complete within the next `seconds` and records their latencies. Requests
+are built before the clock starts, so the loop only sends.
+
+Worker processes speak the TF Serving API through the gateway's wire-compatible subset
+(gateway/wire.py) and never import TensorFlow (see the process rule in tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import multiprocessing
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+Kind = Literal["classify", "predict_bytes", "predict_pixels", "health"]
+START_MARGIN_S = 0.5  # time for every worker to receive its task before the common start
+MAX_MESSAGE_BYTES = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What the callers send; plain data, so it crosses to the worker processes."""
+
+    kind: Kind
+    target: str  # HOST:PORT
+    payloads: tuple[bytes, ...] = ()  # encoded images, or raw uint8 pixel rows for predict_pixels
+    model: str = ""
+    batch: int = 1  # images per call (predict_*)
+    input_shape: tuple[int, int, int] = (0, 0, 0)  # H, W, C of a pixel row (predict_pixels)
+    signature: str = ""  # predict_*: the signature name
+    input_name: str = ""  # predict_*: the signature's input
+    output_filter: tuple[str, ...] = ()  # predict_*: outputs to ask for (all when empty)
+    timeout_s: float = 30.0
+
+
+@dataclass
+class Sample:
+    """One measurement: a workload at one concurrency."""
+
+    series: str
+    concurrency: int
+    processes: int
+    seconds: float
+    images_per_call: int
+    calls: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    latencies_ms: list[float] = field(default_factory=list)
+
+    @property
+    def calls_per_s(self) -> float:
+        return self.calls / self.seconds
+
+    @property
+    def images_per_s(self) -> float:
+        return self.calls_per_s * self.images_per_call
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+    def percentile_ms(self, q: float) -> float:
+        if not self.latencies_ms:
+            return float("nan")
+        if len(self.latencies_ms) == 1:
+            return self.latencies_ms[0]
+        return statistics.quantiles(self.latencies_ms, n=1000, method="inclusive")[round(q * 1000) - 1]
+
+
+def _requests(work: Workload) -> list:
+    """The messages to send, cycled by the callers (several, so caches see different images)."""
+    if work.kind == "health":
+        from grpc_health.v1 import health_pb2
+
+        return [health_pb2.HealthCheckRequest(service="")]
+    if work.kind == "classify":
+        import gateway.generated  # noqa: F401
+        from classifier.v1 import classifier_pb2
+
+        return [classifier_pb2.ClassifyRequest(model=work.model, image=p) for p in work.payloads]
+    from gateway import tensors
+    from gateway.wire import apis
+
+    out = []
+    for i in range(len(work.payloads)):
+        chosen = [work.payloads[(i + j) % len(work.payloads)] for j in range(work.batch)]
+        if work.kind == "predict_bytes":
+            tensor = tensors.string_tensor(chosen)
+        else:
+            tensor = tensors.uint8_tensor(b"".join(chosen), [work.batch, *work.input_shape])
+        request = apis.PredictRequest(inputs={work.input_name: tensor}, output_filter=work.output_filter)
+        request.model_spec.name = work.model
+        request.model_spec.signature_name = work.signature
+        out.append(request)
+    return out
+
+
+def _method(work: Workload, channel):
+    if work.kind == "health":
+        from grpc_health.v1 import health_pb2_grpc
+
+        return health_pb2_grpc.HealthStub(channel).Check
+    if work.kind == "classify":
+        import gateway.generated  # noqa: F401
+        from classifier.v1 import classifier_pb2_grpc
+
+        return classifier_pb2_grpc.ClassifierStub(channel).Classify
+    from gateway.wire import apis_grpc
+
+    return apis_grpc.PredictionServiceStub(channel).Predict
+
+
+async def _drive(work: Workload, callers: int, start_at: float, warmup_s: float, seconds: float):
+    import grpc
+
+    requests = _requests(work)
+    latencies: list[float] = []
+    errors: collections.Counter = collections.Counter()
+    completed = 0
+    opts = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+    async with grpc.aio.insecure_channel(work.target, options=opts) as channel:
+        call = _method(work, channel)
+        await channel.channel_ready()
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        begin = time.perf_counter() + warmup_s
+        end = begin + seconds
+
+        async def caller(offset: int) -> None:
+            nonlocal completed
+            i = offset
+            while (t0 := time.perf_counter()) < end:
+                request = requests[i % len(requests)]
+                i += 1
+                try:
+                    await call(request, timeout=work.timeout_s)
+                    ok = True
+                except grpc.aio.AioRpcError as exc:
+                    ok = False
+                    code = exc.code().name
+                t1 = time.perf_counter()
+                if begin <= t1 <= end:
+                    if ok:
+                        completed += 1
+                        latencies.append((t1 - t0) * 1000.0)
+                    else:
+                        errors[code] += 1
+
+        await asyncio.gather(*(caller(k) for k in range(callers)))
+    return completed, latencies, dict(errors)
+
+
+def _worker(work: Workload, callers: int, start_at: float, warmup_s: float, seconds: float):
+    return asyncio.run(_drive(work, callers, start_at, warmup_s, seconds))
+
+
+def _import_clients() -> None:
+    """Pool initializer: pay the import cost before any measurement starts."""
+    import grpc  # noqa: F401
+    from grpc_health.v1 import health_pb2_grpc  # noqa: F401
+
+    import gateway.generated  # noqa: F401
+    from classifier.v1 import classifier_pb2_grpc  # noqa: F401
+    from gateway import tensors  # noqa: F401
+    from gateway.wire import apis_grpc  # noqa: F401
+
+
+def _pid() -> int:
+    import os
+
+    time.sleep(0.2)  # keep this worker busy so the next task goes to another one
+    return os.getpid()
+
+
+def split(concurrency: int, processes: int) -> list[int]:
+    """Callers per process: `concurrency` spread as evenly as possible over at most `processes`."""
+    used = min(concurrency, processes)
+    return [concurrency // used + (1 if k < concurrency % used else 0) for k in range(used)]
+
+
+class LoadGenerator:
+    """A pool of `processes` client processes, started once and reused for every measurement."""
+
+    def __init__(self, processes: int, warmup_s: float = 1.0, seconds: float = 3.0):
+        self.processes = processes
+        self.warmup_s = warmup_s
+        self.seconds = seconds
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> "LoadGenerator":
+        self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_import_clients)
+        # Start every worker (and its imports) now, not during the first measurement.
+        for future in [self._pool.submit(_pid) for _ in range(self.processes)]:
+            future.result()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def measure(self, series: str, work: Workload, concurrency: int) -> Sample:
+        assert self._pool is not None, "use LoadGenerator as a context manager"
+        shares = split(concurrency, self.processes)
+        start_at = time.time() + START_MARGIN_S
+        futures = [self._pool.submit(_worker, work, n, start_at, self.warmup_s, self.seconds) for n in shares]
+        sample = Sample(series, concurrency, len(shares), self.seconds, work.batch if work.kind.startswith("predict") else 1)
+        errors: collections.Counter = collections.Counter()
+        for future in futures:
+            completed, latencies, errs = future.result()
+            sample.calls += completed
+            sample.latencies_ms.extend(latencies)
+            errors.update(errs)
+        sample.errors = dict(errors)
+        return sample
+
+    def sweep(self, series: str, work: Workload, levels: Sequence[int]) -> list[Sample]:
+        return [self.measure(series, work, c) for c in levels]

@@ -1,0 +1,242 @@
+"""Locust load test of the gateway, over gRPC and REST, with an SLO verdict.
+
+Usually run by `python -m loadtest.run` (`make loadtest`), which starts the stack and writes the
+report. Directly, from the repository root, against a running gateway:
+
+    .venv/bin/python -m locust -f loadtest/locustfile.py --headless -t 60s -u 16 -r 8 \\
+        --host http://127.0.0.1:8080 --grpc-target 127.0.0.1:50051 --slo-p95-ms 200
+
+Users (closed loop, no think time: users = requests in flight):
+* `GrpcClassifierUser` (weight 3): Classify, ClassifyBatch and ClassifyStream, 6:1:1.
+* `RestClassifierUser` (weight 1): `POST /v1/classify` as multipart and as a raw image body, 3:1.
+Each first asks for the models and their labels (ListModels / `GET /v1/models`) and then checks
+every answer against them (loadtest/checks.py). Images come from loadtest/images.py.
+
+The load shape (`--shape steady|step|spike`, loadtest/shapes.py) reads `--users`, `--spawn-rate`
+and `--run-time`. At the end, the SLO verdict (loadtest/slo.py) decides the exit code: 0 when every
+limit holds, 1 otherwise, naming the missed limits. This replaces Locust's default "1 on any
+failed request": a run within its error budget passes.
+"""
+
+# gRPC must use gevent for its I/O before any channel exists (Locust has already monkey-patched
+# the standard library when it imports this file).
+import grpc.experimental.gevent as grpc_gevent
+
+grpc_gevent.init_gevent()
+
+import functools  # noqa: E402
+import logging  # noqa: E402
+import random  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import urllib3  # noqa: E402
+from locust import FastHttpUser, LoadTestShape, constant, events, task  # noqa: E402
+from locust.runners import MasterRunner, WorkerRunner  # noqa: E402
+
+import gateway.generated  # noqa: E402,F401  (puts the classifier.v1 stubs on sys.path)
+from classifier.v1 import classifier_pb2 as pb  # noqa: E402
+from classifier.v1 import classifier_pb2_grpc as pb_grpc  # noqa: E402
+from loadtest import options as load_options  # noqa: E402
+from loadtest import shapes, slo  # noqa: E402
+from loadtest.checks import Answer, Catalogue, InvalidAnswer, check_answer, check_count  # noqa: E402
+from loadtest.grpc_user import GrpcUser  # noqa: E402
+from loadtest.images import ImagePool, PoolImage  # noqa: E402
+
+log = logging.getLogger("loadtest")
+
+DEFAULT_DURATION_S = 60.0  # a shape without --run-time still ends
+BATCH_BYTES_BUDGET = 8 * 2**20  # a batch or stream stays well under the gateway's 16 MB message limit
+MAX_MESSAGE_BYTES = 32 * 2**20
+
+
+@events.init_command_line_parser.add_listener
+def _add_options(parser, **_kwargs):
+    load_options.add_options(parser, env=True)
+
+
+@functools.cache
+def image_pool(large_share: float) -> ImagePool:
+    """One pool per process, built on first use."""
+    return ImagePool.from_examples(large_share)
+
+
+@events.init.add_listener
+def _prepare(environment, **_kwargs):
+    if isinstance(environment.runner, MasterRunner):
+        return  # the master runs no users
+    pool = image_pool(environment.parsed_options.large_share)
+    log.info("image pool: %s", pool.describe())
+
+
+class Workload:
+    """What a user sends, from the options: model, images, top_k, deadline."""
+
+    def __init__(self, opts, pool: ImagePool):
+        self.model: str = opts.model
+        self.top_k: int = opts.top_k
+        self.batch_images: int = opts.batch_images
+        self.timeout: float | None = opts.rpc_timeout_s or None
+        self.uncertain_label: str = opts.uncertain_label
+        self.pool = pool
+        self.rng = random.Random()
+
+    def image(self) -> PoolImage:
+        return self.pool.pick(self.rng)
+
+    def images(self) -> list[PoolImage]:
+        return self.pool.pick_many(self.batch_images, self.rng, BATCH_BYTES_BUDGET)
+
+    def request(self, img: PoolImage) -> pb.ClassifyRequest:
+        return pb.ClassifyRequest(model=self.model, image=img.data, top_k=self.top_k)
+
+    def catalogue(self, models) -> Catalogue:
+        return Catalogue.from_models(models, self.uncertain_label, self.model)
+
+
+def _workload(environment) -> Workload:
+    opts = environment.parsed_options
+    return Workload(opts, image_pool(opts.large_share))
+
+
+class GrpcClassifierUser(GrpcUser):
+    weight = 3
+    wait_time = constant(0)
+    stub_class = pb_grpc.ClassifierStub
+    channel_options = (("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                       ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES))
+
+    def __init__(self, environment):
+        self.work = _workload(environment)
+        self.known: Catalogue | None = None
+        super().__init__(environment)
+
+    def grpc_target(self) -> str:
+        opts = self.environment.parsed_options
+        return opts.grpc_target or load_options.default_grpc_target(self.environment.host or "")
+
+    def check_answer(self, method: str, requests: list, responses: list) -> None:
+        if method == "ListModels":
+            self.known = self.work.catalogue((m.name, m.labels) for m in responses[0].models)
+            return
+        if self.known is None:
+            raise InvalidAnswer(f"{method} answered before the labels were known")
+        if method == "ClassifyBatch":
+            requests, responses = list(requests[0].requests), list(responses[0].responses)
+        check_count(method, len(requests), len(responses))
+        for req, resp in zip(requests, responses):
+            check_answer(Answer.from_proto(resp), self.known, req.model, req.top_k)
+
+    def _labels_known(self) -> bool:
+        if self.known is None:
+            with self.reported():
+                self.stub.ListModels(pb.ListModelsRequest(), timeout=self.work.timeout)
+        return self.known is not None
+
+    @task(6)
+    def classify(self) -> None:
+        if self._labels_known():
+            with self.reported():
+                self.stub.Classify(self.work.request(self.work.image()), timeout=self.work.timeout)
+
+    @task(1)
+    def classify_batch(self) -> None:
+        if self._labels_known():
+            batch = pb.ClassifyBatchRequest(requests=[self.work.request(i) for i in self.work.images()])
+            with self.reported():
+                self.stub.ClassifyBatch(batch, timeout=self.work.timeout)
+
+    @task(1)
+    def classify_stream(self) -> None:
+        if self._labels_known():
+            requests = [self.work.request(i) for i in self.work.images()]
+            with self.reported():
+                for _ in self.stub.ClassifyStream(iter(requests), timeout=self.work.timeout):
+                    pass  # the interceptor has read and checked the whole stream
+
+
+class RestClassifierUser(FastHttpUser):
+    weight = 1
+    wait_time = constant(0)
+
+    def __init__(self, environment):
+        self.work = _workload(environment)
+        self.known: Catalogue | None = None
+        self.network_timeout = self.connection_timeout = self.work.timeout or 3600.0
+        super().__init__(environment)
+
+    def _labels_known(self) -> bool:
+        if self.known is None:
+            with self.client.get("/v1/models", name="/v1/models", catch_response=True) as resp:
+                if resp.status_code != 200:
+                    resp.failure(_http_failure(resp))
+                    return False
+                try:
+                    self.known = Catalogue.from_json(resp.json(), self.work.uncertain_label, self.work.model)
+                except (InvalidAnswer, ValueError) as exc:
+                    resp.failure(f"GET /v1/models: {exc}")
+        return self.known is not None
+
+    def _classify(self, name: str, body: bytes, content_type: str) -> None:
+        path = f"/v1/models/{self.work.model}:classify" if self.work.model else "/v1/classify"
+        with self.client.post(f"{path}?top_k={self.work.top_k}", data=body, name=name,
+                              headers={"Content-Type": content_type}, catch_response=True) as resp:
+            if resp.status_code != 200:
+                resp.failure(_http_failure(resp))
+                return
+            try:
+                check_answer(Answer.from_json(resp.json()), self.known, self.work.model, self.work.top_k)
+            except (InvalidAnswer, ValueError) as exc:
+                resp.failure(str(exc))
+
+    @task(3)
+    def classify_multipart(self) -> None:
+        if self._labels_known():
+            img = self.work.image()
+            body, content_type = urllib3.encode_multipart_formdata({"image": (img.name, img.data, img.mime)})
+            self._classify("/v1/classify (multipart)", body, content_type)
+
+    @task(1)
+    def classify_raw(self) -> None:
+        if self._labels_known():
+            img = self.work.image()
+            self._classify("/v1/classify (raw body)", img.data, img.mime)
+
+
+def _http_failure(resp) -> str:
+    """'HTTP 503 unavailable: ...' from the contract's error body; no request id (it would make
+    every failure unique in Locust's failure table)."""
+    if not resp.status_code:
+        return f"connection failed: {resp.error}"
+    try:
+        error = resp.json()["error"]
+        return f"HTTP {resp.status_code} {error.get('code')}: {error.get('message')}"
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {resp.status_code}: {(resp.text or '')[:200]}"
+
+
+class ConfiguredShape(LoadTestShape):
+    """The shape named by --shape, driven by --users, --spawn-rate and --run-time."""
+
+    use_common_options = True
+
+    def tick(self):
+        opts = self.runner.environment.parsed_options
+        params = shapes.ShapeParams(users=opts.num_users or 1, spawn_rate=opts.spawn_rate or 1.0,
+                                    duration_s=opts.run_time or DEFAULT_DURATION_S, steps=opts.steps)
+        return shapes.SHAPES[opts.shape](self.get_run_time(), params)
+
+
+@events.quitting.add_listener
+def _slo_verdict(environment, **_kwargs):
+    if isinstance(environment.runner, WorkerRunner):
+        return  # the master (or the single process) judges the aggregate
+    opts = environment.parsed_options
+    limits = slo.SloLimits(p95_ms=opts.slo_p95_ms, p99_ms=opts.slo_p99_ms,
+                           max_error_percent=opts.slo_error_percent, min_rps=opts.slo_min_rps)
+    exceptions = sum(row["count"] for row in environment.runner.exceptions.values())
+    verdict = slo.evaluate(limits, slo.Measured.from_locust(environment.stats.total, exceptions))
+    print(verdict.render(), file=sys.stderr, flush=True)
+    if opts.verdict_file:
+        verdict.write(Path(opts.verdict_file))
+    environment.process_exit_code = 0 if verdict.passed else 1

@@ -1,0 +1,109 @@
+"""The load test's own options, declared once for both places that parse them.
+
+`loadtest/locustfile.py` adds them to Locust's parser (so `locust -f loadtest/locustfile.py
+--slo-p95-ms 200 ...` works, and Locust's `LOCUST_*` environment variables too); `loadtest/run.py`
+adds the same ones to its parser and hands the values on to Locust with `to_argv`. One table, so
+the two cannot drift apart in names or defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+SHAPE_NAMES = ("steady", "step", "spike")
+DEFAULT_GATEWAY_GRPC_PORT = 50051  # CONTRACT §2
+
+
+@dataclass(frozen=True)
+class Option:
+    dest: str
+    type: Callable[[str], Any]
+    default: Any
+    help: str
+    choices: Sequence[str] | None = None
+    metavar: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.dest.replace("_", "-")
+
+    @property
+    def env_var(self) -> str:
+        return "LOCUST_" + self.dest.upper()
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be within [0, 1], got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("grpc_target", str, "", "gateway gRPC HOST:PORT (default: the --host name, port 50051)",
+           metavar="HOST:PORT"),
+    Option("model", str, "", "model to classify with (default: the gateway's default model)"),
+    Option("uncertain_label", str, "not sure", "the label the gateway answers when unsure"),
+    Option("large_share", _share, 0.1, "share of requests that send a large photo (0..1)",
+           metavar="SHARE"),
+    Option("batch_images", _positive_int, 8, "images per ClassifyBatch call and per ClassifyStream",
+           metavar="N"),
+    Option("top_k", _positive_int, 3, "predictions asked for in each request", metavar="K"),
+    Option("rpc_timeout_s", _non_negative, 10.0, "client deadline of each request, seconds",
+           metavar="SECONDS"),
+    Option("shape", str, "steady", "load shape: steady (SLO runs), step (find the knee), spike",
+           choices=SHAPE_NAMES),
+    Option("steps", _positive_int, 5, "number of stages of the step shape", metavar="N"),
+    Option("slo_p95_ms", _non_negative, 500.0, "SLO: p95 latency limit, ms", metavar="MS"),
+    Option("slo_p99_ms", _non_negative, 1000.0, "SLO: p99 latency limit, ms", metavar="MS"),
+    Option("slo_error_percent", _non_negative, 1.0, "SLO: most failed requests, percent",
+           metavar="PERCENT"),
+    Option("slo_min_rps", _non_negative, 1.0, "SLO: least requests per second over the run",
+           metavar="RPS"),
+    Option("verdict_file", str, "", "write the SLO verdict as JSON to this file", metavar="PATH"),
+)
+
+
+def add_options(parser: Any, *, env: bool = False) -> None:
+    """Add every option to an argparse-compatible parser (Locust's takes `env_var` too)."""
+    for opt in OPTIONS:
+        kwargs: dict[str, Any] = dict(type=opt.type, default=opt.default, choices=opt.choices,
+                                      metavar=opt.metavar, help=f"{opt.help} [default: {opt.default!r}]")
+        if env:
+            kwargs["env_var"] = opt.env_var
+        parser.add_argument(opt.flag, **kwargs)
+
+
+def to_argv(values: Mapping[str, Any]) -> list[str]:
+    """The flags that pass `values` (dest -> value) on to another parser of the same options."""
+    argv: list[str] = []
+    for opt in OPTIONS:
+        value = values.get(opt.dest, opt.default)
+        if value is not None:
+            argv += [opt.flag, str(value)]
+    return argv
+
+
+def default_grpc_target(http_url: str) -> str:
+    """The gateway's gRPC address when only its HTTP URL is known: same host, the default port."""
+    host = urllib.parse.urlsplit(http_url).hostname or "127.0.0.1"
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    return f"{host}:{DEFAULT_GATEWAY_GRPC_PORT}"

@@ -1,0 +1,163 @@
+"""The one-page Markdown summary of a load-test run (`summary.md` beside Locust's HTML and CSV).
+
+Built from what the run left on disk: the verdict JSON written by the locustfile's quitting
+listener and Locust's CSV files (`<prefix>_stats.csv`, `_stats_history.csv`, `_failures.csv`), so
+it describes exactly the run the HTML report shows.
+
+The "by stage" table turns the stats history into one row per stretch of constant user count:
+throughput from the growth of the request counter over the stretch, p95 from Locust's 10-second
+window at its end. With the step shape, it shows the knee: where more users stop buying throughput.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+from loadtest.machine import Machine
+
+AGGREGATED = "Aggregated"
+KNEE_GAIN = 1.10  # a stage "still scales" while throughput grows by at least 10 %
+MIN_STAGE_SAMPLES = 3  # shorter stretches are ramps between stages
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+@dataclass(frozen=True)
+class Stage:
+    users: int
+    seconds: float
+    rps: float
+    failures: int
+    p95_ms: str
+
+
+def stages(history: Iterable[Mapping[str, str]]) -> list[Stage]:
+    """One Stage per run of consecutive Aggregated history rows with the same user count."""
+    rows = [r for r in history if r.get("Name") == AGGREGATED]
+    groups: list[list[Mapping[str, str]]] = []
+    for row in rows:
+        if groups and groups[-1][0]["User Count"] == row["User Count"]:
+            groups[-1].append(row)
+        else:
+            groups.append([row])
+    out = []
+    previous_end: Mapping[str, str] | None = None
+    for group in groups:
+        start = previous_end or group[0]
+        end = group[-1]
+        previous_end = end
+        if len(group) < MIN_STAGE_SAMPLES:
+            continue
+        seconds = float(end["Timestamp"]) - float(start["Timestamp"])
+        if seconds <= 0:
+            continue
+        requests = int(end["Total Request Count"]) - int(start["Total Request Count"])
+        failures = int(end["Total Failure Count"]) - int(start["Total Failure Count"])
+        out.append(Stage(int(end["User Count"]), seconds, requests / seconds, failures, end.get("95%", "N/A")))
+    return out
+
+
+def knee(found: Sequence[Stage]) -> Stage | None:
+    """The last stage whose throughput grew by KNEE_GAIN over the one before; None if all did."""
+    for before, after in zip(found, found[1:]):
+        if after.users > before.users and after.rps < before.rps * KNEE_GAIN:
+            return before
+    return None
+
+
+def _ms(value: str) -> str:
+    try:
+        return f"{float(value):,.0f}"
+    except ValueError:
+        return value or "n/a"
+
+
+def requests_table(stats: Sequence[Mapping[str, str]]) -> list[str]:
+    lines = ["| type | name | requests | failures | p50 ms | p95 ms | p99 ms | max ms | req/s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in stats:
+        lines.append(
+            f"| {r['Type']} | {r['Name']} | {int(r['Request Count']):,} | {int(r['Failure Count']):,} | "
+            f"{_ms(r['50%'])} | {_ms(r['95%'])} | {_ms(r['99%'])} | {_ms(r['Max Response Time'])} | "
+            f"{float(r['Requests/s']):,.1f} |")
+    return lines
+
+
+def stages_table(found: Sequence[Stage]) -> list[str]:
+    if not found:
+        return ["(the run was too short for stable stages)"]
+    best = knee(found)
+    lines = ["| users | seconds | req/s | failures | p95 ms (last 10 s) |", "|---:|---:|---:|---:|---:|"]
+    for s in found:
+        mark = " ← knee" if s is best else ""
+        lines.append(f"| {s.users} | {s.seconds:.0f} | {s.rps:,.1f}{mark} | {s.failures:,} | {_ms(s.p95_ms)} |")
+    if best is not None:
+        lines.append("")
+        lines.append(f"Throughput stops growing by {KNEE_GAIN - 1:.0%} per stage after {best.users} users "
+                     f"(≈ {best.rps:,.0f} req/s): more users beyond that mostly add latency.")
+    return lines
+
+
+def failures_table(failures: Sequence[Mapping[str, str]], limit: int = 10) -> list[str]:
+    if not failures:
+        return ["None."]
+    rows = sorted(failures, key=lambda r: -int(r["Occurrences"]))[:limit]
+    lines = ["| count | request | error |", "|---:|---|---|"]
+    for r in rows:
+        error = r["Error"].replace("|", "\\|").replace("\n", " ")[:300]
+        lines.append(f"| {int(r['Occurrences']):,} | {r['Method']} {r['Name']} | {error} |")
+    if len(failures) > limit:
+        lines.append(f"\n… and {len(failures) - limit} more kinds in the failures CSV.")
+    return lines
+
+
+def verdict_lines(verdict: Mapping | None, exit_code: int | None) -> list[str]:
+    if verdict is None:
+        return [f"**NO VERDICT**: Locust ended (exit code {exit_code}) before judging the run; see locust.log."]
+    m, limits = verdict["measured"], verdict["limits"]
+
+    def limit(key: str, fmt: str) -> str:
+        return "not set" if limits.get(key) is None else fmt.format(limits[key])
+
+    lines = [
+        f"**{'PASS' if verdict['passed'] else 'FAIL'}** (exit code {exit_code})",
+        "",
+        "| | measured | limit |",
+        "|---|---:|---:|",
+        f"| p95 latency | {m['p95_ms']:,.0f} ms | {limit('p95_ms', '≤ {:g} ms')} |",
+        f"| p99 latency | {m['p99_ms']:,.0f} ms | {limit('p99_ms', '≤ {:g} ms')} |",
+        f"| failed requests | {m['error_percent']:.2f} % ({m['failures']:,} of {m['requests']:,}) | "
+        f"{limit('max_error_percent', '≤ {:g} %')} |",
+        f"| throughput | {m['rps']:,.1f} req/s | {limit('min_rps', '≥ {:g} req/s')} |",
+    ]
+    if verdict["misses"]:
+        lines += ["", "Missed:"] + [f"- {miss}" for miss in verdict["misses"]]
+    return lines
+
+
+def render(*, title: str, verdict: Mapping | None, exit_code: int | None, target: str,
+           settings: Mapping[str, object], machine: Machine, csv_prefix: Path, files: Sequence[str]) -> str:
+    stats = read_csv(csv_prefix.with_name(csv_prefix.name + "_stats.csv"))
+    history = read_csv(csv_prefix.with_name(csv_prefix.name + "_stats_history.csv"))
+    failures = read_csv(csv_prefix.with_name(csv_prefix.name + "_failures.csv"))
+    parts = [
+        f"# {title}", "",
+        f"Target: {target}", "",
+        "## Verdict", "", *verdict_lines(verdict, exit_code), "",
+        "## Requests", "", *(requests_table(stats) if stats else ["No statistics were written."]), "",
+        "## By stage", "", *stages_table(stages(history)), "",
+        "## Failures", "", *failures_table(failures), "",
+        "## Settings", "", "| setting | value |", "|---|---|",
+        *[f"| {k} | {v} |" for k, v in settings.items()], "",
+        "## Machine", "", machine.markdown(), "",
+        "## Files", "", *[f"- `{name}`" for name in files], "",
+    ]
+    return "\n".join(parts)

