@@ -107,58 +107,35 @@ class Backend:
     # -- what the gateway asks -------------------------------------------------------------
 
     async def model_status(self, name: str) -> list[VersionState]:
-        request = apis.GetModelStatusRequest()
-        request.model_spec.name = name
-        response = await self._call("GetModelStatus", self._models.GetModelStatus, request, name)
-        return [VersionState(s.version, apis.ModelVersionStatus.State.Name(s.state))
-                for s in response.model_version_status]
+        response = await self._call("GetModelStatus", self._models.GetModelStatus, status_request(name), name)
+        return parse_status(response)
 
     async def signature(self, name: str, version: int) -> Signature:
-        request = apis.GetModelMetadataRequest(metadata_field=["signature_def"])
-        request.model_spec.name = name
-        request.model_spec.version.value = version
-        response = await self._call("GetModelMetadata", self._predictions.GetModelMetadata, request, name)
+        response = await self._call("GetModelMetadata", self._predictions.GetModelMetadata,
+                                    metadata_request(name, version), name)
         return parse_signature(name, response)
 
     async def labels(self, name: str, signature: Signature) -> tuple[str, ...]:
         """The model's labels: the `classes` output of one Predict on a blank image."""
         spec = signature.input
-        request = self._predict_request(name, signature.version, signature.input_name,
-                                        bytes(spec.nbytes), 1, spec, CLASSES)
+        request = predict_request(name, signature.version, signature.input_name, bytes(spec.nbytes), 1, spec, CLASSES)
         response = await self._call("Predict", self._predictions.Predict, request, name)
         try:
-            values = tensors.string_values(response.outputs[CLASSES])
-            return tuple(v.decode("utf-8") for v in tensors.rows(values, tensors.shape_of(response.outputs[CLASSES]))[0])
+            return parse_labels(response)
         except (KeyError, ValueError) as exc:
             raise Unavailable(f"model {name} version {signature.version} has no usable `{CLASSES}` "
                               f"output: {exc}") from None
 
     async def predict(self, info: ModelInfo, pixels: bytes, count: int, deadline: float) -> list[list[float]]:
         """Scores for `count` images (`pixels` holds them back to back), one row per image."""
-        request = self._predict_request(info.name, info.version, info.input_name, pixels, count,
-                                        info.input, SCORES)
+        request = predict_request(info.name, info.version, info.input_name, pixels, count, info.input, SCORES)
         response = await self._call("Predict", self._predictions.Predict, request, info.name,
                                     deadline=deadline, retry=True, pinned=True)
         try:
-            scores = response.outputs[SCORES]
-            shape = tensors.shape_of(scores)
-            if shape != (count, len(info.labels)):
-                raise tensors.TensorError(f"shape {list(shape)}, expected {[count, len(info.labels)]}")
-            return tensors.rows(tensors.float_values(scores), shape)
+            return parse_scores(response, count, len(info.labels))
         except (KeyError, ValueError) as exc:
             log.error("model %s version %s answered unusable scores: %s", info.name, info.version, exc)
             raise InternalError(f"the model server's answer for model {info.name} was unusable") from None
-
-    @staticmethod
-    def _predict_request(name: str, version: int, input_name: str, pixels: bytes, count: int,
-                         spec: InputSpec, output: str) -> apis.PredictRequest:
-        request = apis.PredictRequest(output_filter=[output])
-        request.model_spec.name = name
-        request.model_spec.version.value = version
-        request.model_spec.signature_name = SIGNATURE
-        request.inputs[input_name].CopyFrom(
-            tensors.uint8_tensor(pixels, (count, spec.height, spec.width, spec.channels)))
-        return request
 
     # -- one call, with deadline, circuit breaker, retry budget and error translation -------
 
@@ -212,6 +189,52 @@ class Backend:
         if code is grpc.StatusCode.UNAVAILABLE:
             return Unavailable("the model server is unavailable")
         return Unavailable(f"the model server failed the request ({code.name})")
+
+
+# -- the messages: built and read here, so tests/test_wire_compat.py can check them byte for byte ----
+
+def predict_request(name: str, version: int, input_name: str, pixels: bytes, count: int,
+                    spec: InputSpec, output: str) -> apis.PredictRequest:
+    """Predict on `count` images (uint8 tensor_content), pinned to `version`, one output."""
+    request = apis.PredictRequest(output_filter=[output])
+    request.model_spec.name = name
+    request.model_spec.version.value = version
+    request.model_spec.signature_name = SIGNATURE
+    request.inputs[input_name].CopyFrom(tensors.uint8_tensor(pixels, (count, spec.height, spec.width, spec.channels)))
+    return request
+
+
+def status_request(name: str) -> apis.GetModelStatusRequest:
+    request = apis.GetModelStatusRequest()
+    request.model_spec.name = name
+    return request
+
+
+def metadata_request(name: str, version: int) -> apis.GetModelMetadataRequest:
+    request = apis.GetModelMetadataRequest(metadata_field=["signature_def"])
+    request.model_spec.name = name
+    request.model_spec.version.value = version
+    return request
+
+
+def parse_status(response: apis.GetModelStatusResponse) -> list[VersionState]:
+    return [VersionState(s.version, apis.ModelVersionStatus.State.Name(s.state)) for s in response.model_version_status]
+
+
+def parse_scores(response: apis.PredictResponse, count: int, classes: int) -> list[list[float]]:
+    """The `scores` output as `count` rows of `classes` floats (TensorError/KeyError otherwise)."""
+    scores = response.outputs[SCORES]
+    shape = tensors.shape_of(scores)
+    if shape != (count, classes):
+        raise tensors.TensorError(f"shape {list(shape)}, expected {[count, classes]}")
+    return tensors.rows(tensors.float_values(scores), shape)
+
+
+def parse_labels(response: apis.PredictResponse) -> tuple[str, ...]:
+    """The first row of the `classes` output, as text."""
+    classes = response.outputs[CLASSES]
+    values = tensors.string_values(classes)
+    return tuple(v.decode("utf-8") for v in tensors.rows(values, tensors.shape_of(classes))[0])
 
 
 def parse_signature(name: str, response: apis.GetModelMetadataResponse) -> Signature:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,15 +127,21 @@ def classify_files(client: GrpcClient | RestClient, paths: Sequence[str], model:
     return outcomes
 
 
+def _shown(path: str) -> str:
+    """A path as short as it can be: relative to the working directory when under it."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
+
+
 def format_table(outcomes: Sequence[Outcome]) -> str:
     rows = [("IMAGE", "DECISION", "SURE", "TOP PREDICTIONS")]
     for o in outcomes:
         if o.error:
-            rows.append((o.image, "error", "", f"{o.error['code']}: {o.error['message']}"))
+            rows.append((_shown(o.image), "error", "", f"{o.error['code']}: {o.error['message']}"))
             continue
         a = o.answer or {}
         top = ", ".join(f"{p['label']} {p['score']:.2f}" for p in a.get("predictions", []))
-        rows.append((o.image, a.get("label", ""), "yes" if a.get("confident") else "no", top))
+        rows.append((_shown(o.image), a.get("label", ""), "yes" if a.get("confident") else "no", top))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = ["  ".join(cell.ljust(widths[i]) if i < 3 else cell for i, cell in enumerate(r)).rstrip() for r in rows]
     models = sorted({f"{o.answer['model']} v{o.answer['model_version']}" for o in outcomes if o.answer})

@@ -83,10 +83,10 @@ class ClassifierService:
         return name
 
     def deadline(self, timeout: float | None) -> float:
-        """Absolute deadline for a request: its own timeout, or the configured default."""
-        if timeout is None:
-            timeout = self._settings.request_timeout_seconds
-        return asyncio.get_running_loop().time() + timeout
+        """Absolute deadline for work starting now: the client's timeout when it gave one, else
+        the configured default (`request_timeout_seconds`), whichever is shorter."""
+        default = self._settings.request_timeout_seconds
+        return asyncio.get_running_loop().time() + (default if timeout is None else min(timeout, default))
 
     async def classify(self, request: ClassifyInput, deadline: float) -> Classification:
         name = self.resolve_model(request.model)

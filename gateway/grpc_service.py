@@ -47,18 +47,20 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
         self._stream_window = stream_window
 
     async def Classify(self, request: pb.ClassifyRequest, context) -> pb.ClassifyResponse:
-        async with self._call(context, "Classify") as (record, deadline):
+        async with self._call(context, "Classify") as record:
             record.model = self._service.resolve_model(request.model)
             record.images = 1
+            deadline = self._service.deadline(context.time_remaining())
             result = await self._service.classify(converters.input_from_proto(request), deadline)
             record.version = result.version
             record.add_stages(result.stages)
             return converters.classification_to_proto(result)
 
     async def ClassifyBatch(self, request: pb.ClassifyBatchRequest, context) -> pb.ClassifyBatchResponse:
-        async with self._call(context, "ClassifyBatch") as (record, deadline):
+        async with self._call(context, "ClassifyBatch") as record:
             inputs = [converters.input_from_proto(r) for r in request.requests]
             record.images = len(inputs)
+            deadline = self._service.deadline(context.time_remaining())
             results = await self._service.classify_many(inputs, deadline)
             if results:
                 record.model, record.version = results[0].model, results[0].version
@@ -68,21 +70,22 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
 
     async def ClassifyStream(self, request_iterator, context) -> AsyncIterator[pb.ClassifyResponse]:
         """Answers in request order; up to `stream_window` images are in flight (and batch) at once."""
-        async with self._call(context, "ClassifyStream") as (record, stream_deadline):
+        async with self._call(context, "ClassifyStream") as record:
             pending: collections.deque[asyncio.Task] = collections.deque()
             try:
                 index = 0
                 async for request in request_iterator:
                     pending.append(asyncio.create_task(
-                        self._stream_item(index, converters.input_from_proto(request), stream_deadline)))
+                        self._stream_item(index, converters.input_from_proto(request), context)))
                     index += 1
                     while pending and (len(pending) >= self._stream_window or pending[0].done()):
                         yield self._stream_answer(record, await pending.popleft())
                 while pending:
                     yield self._stream_answer(record, await pending.popleft())
-            finally:
+            finally:  # the stream ended early (an error, or the client went away)
                 for task in pending:
                     task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
 
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
         async with self._call(context, "ListModels"):
@@ -91,10 +94,10 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
 
     # -- shared by every RPC --------------------------------------------------------------------
 
-    async def _stream_item(self, index: int, item: ClassifyInput, stream_deadline: float):
-        deadline = min(stream_deadline, self._service.deadline(None))
+    async def _stream_item(self, index: int, item: ClassifyInput, context: grpc.aio.ServicerContext):
+        """One image of a stream: its own deadline, cut short by what is left of the stream's."""
         try:
-            return await self._service.classify(item, deadline)
+            return await self._service.classify(item, self._service.deadline(context.time_remaining()))
         except GatewayError as exc:
             raise GatewayError(f"stream message {index}: {exc.message}", exc.kind) from None
 
@@ -106,16 +109,14 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
 
     @contextlib.asynccontextmanager
     async def _call(self, context: grpc.aio.ServicerContext, method: str):
-        """Request id, deadline, in-flight gauge, error translation, one metrics sample + log line."""
+        """Request id, in-flight gauge, error translation, one metrics sample + log line."""
         metadata = dict(context.invocation_metadata() or ())
         record = RequestRecord(request_id(metadata.get(REQUEST_ID_HEADER)), "grpc", method)
         id_metadata = ((REQUEST_ID_HEADER, record.request_id),)
         await context.send_initial_metadata(id_metadata)
-        remaining = context.time_remaining()
-        deadline = self._service.deadline(remaining)
         self._metrics.inflight.labels("grpc").inc()
         try:
-            yield record, deadline
+            yield record
         except asyncio.CancelledError:
             record.status = grpc.StatusCode.CANCELLED.name
             raise

@@ -99,7 +99,8 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(16 * 2**20, ge=1024, description="largest gRPC request message")
     max_images_per_request: int = Field(64, ge=1, le=10_000, description="most images in one ClassifyBatch")
     # Time.
-    request_timeout_seconds: float = Field(10.0, gt=0, description="deadline of a request that brings none")
+    request_timeout_seconds: float = Field(10.0, gt=0, description="longest a request may take: the deadline of "
+                                           "requests that bring none, and the cap on those that do")
     backend_timeout_seconds: float = Field(5.0, gt=0, description="deadline of the gateway's own calls to the model server (status, metadata)")
     backend_keepalive_seconds: float = Field(30.0, gt=0, description="HTTP/2 keepalive ping interval on the model server channel")
     backend_max_message_bytes: int = Field(64 * 2**20, ge=1024, description="largest message to/from the model server")

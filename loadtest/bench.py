@@ -34,6 +34,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -41,16 +42,17 @@ from typing import Iterator
 import grpc
 import psutil
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.backend import SIGNATURE, parse_signature
 from gateway.decode import DecodeLimits, InputSpec, decode_image
 from gateway.wire import apis, apis_grpc, tensor as tensor_pb2
 from gateway import tensors
 from loadtest import bench_report, machine
-from loadtest.bench_report import (BATCH, SERIES_BATCH, SERIES_DIRECT_BYTES, SERIES_DIRECT_PIXELS,
+from loadtest.bench_report import (BATCH, CPU_GATEWAY, CPU_MODEL_SERVER, DecodeRate, SERIES_BATCH, SERIES_DIRECT_BYTES, SERIES_DIRECT_PIXELS,
                                    SERIES_GATEWAY_OFF, SERIES_GATEWAY_ON, SERIES_TRIVIAL)
 from loadtest.images import ImagePool, synthetic_photo
-from loadtest.loadgen import LoadGenerator, Workload
+from loadtest.loadgen import LoadGenerator, Sample, Workload
 from tools import stack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,36 +78,22 @@ class ModelFacts:
         return f"{self.name} v{self.version}: `{SIGNATURE}` input `{self.input_name}` uint8 [N,{s.height},{s.width},{s.channels}]{extra}"
 
 
-@dataclass(frozen=True)
-class DecodeRate:
-    images: int
-    wall_s: float
-    cpu_s: float
-    source: str
-
-    @property
-    def per_core(self) -> float:
-        """Images per CPU-second: what one core does, whatever else shares the machine."""
-        return self.images / self.cpu_s if self.cpu_s else float("nan")
-
-    @property
-    def per_wall_second(self) -> float:
-        return self.images / self.wall_s
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m loadtest.bench", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Side-by-side benchmark of the stack; writes reports/bench/<timestamp>/.")
-    parser.add_argument("--concurrency", default="1,4,16,32,64",
-                        help="comma-separated calls in flight for the sweep")
-    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per point")
-    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each point")
-    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1,
-                        help="load-generator processes")
-    parser.add_argument("--models-dir", type=Path, default=stack.DEFAULT_MODELS_DIR,
-                        help="models directory; the default model is served from it")
-    parser.add_argument("--report-dir", type=Path, default=None,
+        prog="python -m loadtest.bench",
+        description="Side-by-side benchmark of the stack; writes reports/bench/<timestamp>/ "
+                    "(report.md, samples.csv, goals.csv, bench.png).")
+    parser.add_argument("--concurrency", default="1,4,16,32,64", metavar="LIST",
+                        help="comma-separated calls in flight for the sweep (default: %(default)s)")
+    parser.add_argument("--seconds", type=float, default=3.0,
+                        help="measured seconds per point (default: %(default)s)")
+    parser.add_argument("--warmup", type=float, default=1.0, metavar="SECONDS",
+                        help="unmeasured seconds before each point (default: %(default)s)")
+    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1, metavar="N",
+                        help="load-generator processes (default: the number of cores, %(default)s)")
+    parser.add_argument("--models-dir", type=Path, default=stack.DEFAULT_MODELS_DIR, metavar="DIR",
+                        help="models directory; its default model `fashion` is served (default: models)")
+    parser.add_argument("--report-dir", type=Path, default=None, metavar="DIR",
                         help="where to write the report (default: reports/bench/<timestamp>)")
     parser.add_argument("--verbose", action="store_true", help="echo the servers' logs")
     args = parser.parse_args(argv)
@@ -158,7 +146,8 @@ def decode_rate(jpeg: bytes, source: str, spec: InputSpec, seconds: float) -> De
 
 
 def request_bytes(facts: ModelFacts, pixels: bytes, batch: int) -> dict[str, int]:
-    """Serialized PredictRequest sizes for `batch` images: uint8 tensor_content vs float32 values."""
+    """Serialized PredictRequest sizes for `batch` images: uint8 tensor_content vs float32 values
+    (everything else equal), and the raw pixel bytes they carry."""
     rows = (pixels * batch)[: facts.spec.nbytes * batch]
     shape = [batch, facts.spec.height, facts.spec.width, facts.spec.channels]
 
@@ -171,7 +160,7 @@ def request_bytes(facts: ModelFacts, pixels: bytes, batch: int) -> dict[str, int
     as_floats = tensor_pb2.TensorProto(dtype=tensors.DT_FLOAT, float_val=[float(v) for v in rows])
     for dim in shape:
         as_floats.tensor_shape.dim.add(size=dim)
-    return {"uint8": size(tensors.uint8_tensor(rows, shape)), "float32": size(as_floats)}
+    return {"uint8": size(tensors.uint8_tensor(rows, shape)), "float32": size(as_floats), "pixels": len(rows)}
 
 
 def inprocess_rate(model_dir: Path, facts: ModelFacts, pixels: bytes, seconds: float, workdir: Path) -> dict:
@@ -194,6 +183,70 @@ def inprocess_rate(model_dir: Path, facts: ModelFacts, pixels: bytes, seconds: f
 
 def rss_mib(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
+
+
+class ProcessCpu:
+    """Probe: the CPU time a server process spends in the measured window."""
+
+    def __init__(self, name: str, pid: int):
+        self.name = name
+        self._process = psutil.Process(pid)
+        self._start = self._used = 0.0
+
+    def _now(self) -> float:
+        times = self._process.cpu_times()
+        return times.user + times.system
+
+    def begin(self) -> None:
+        self._start = self._now()
+
+    def end(self) -> None:
+        self._used = self._now() - self._start
+
+    def record(self, sample: Sample) -> None:
+        sample.cpu_seconds[self.name] = self._used
+
+
+class GatewayMetrics:
+    """Probe: the gateway's own account of the window, from its /metrics: images per Predict
+    call and the mean time per image in each stage (decode, queue_wait, predict, decide)."""
+
+    def __init__(self, http_url: str):
+        self._url = http_url + "/metrics"
+        self._start: dict[str, float] = {}
+        self._stop: dict[str, float] = {}
+
+    def _scrape(self) -> dict[str, float]:
+        with urllib.request.urlopen(self._url, timeout=10) as resp:
+            text = resp.read().decode("utf-8")
+        totals: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name in ("gateway_batch_size_sum", "gateway_batch_size_count"):
+                    key = s.name
+                elif s.name.startswith("gateway_stage_duration_seconds_") and s.name[-4:] in ("_sum", "ount"):
+                    key = f"{s.labels['stage']}{s.name[len('gateway_stage_duration_seconds'):]}"
+                else:
+                    continue
+                totals[key] = totals.get(key, 0.0) + s.value
+        return totals
+
+    def begin(self) -> None:
+        self._start = self._scrape()
+
+    def end(self) -> None:
+        self._stop = self._scrape()
+
+    def record(self, sample: Sample) -> None:
+        def delta(key: str) -> float:
+            return self._stop.get(key, 0.0) - self._start.get(key, 0.0)
+
+        if delta("gateway_batch_size_count"):
+            sample.gateway["mean batch"] = delta("gateway_batch_size_sum") / delta("gateway_batch_size_count")
+        for key in self._stop:
+            if key.endswith("_count") and not key.startswith("gateway_") and delta(key):
+                stage = key[: -len("_count")]
+                sample.gateway[f"{stage} ms"] = 1000.0 * delta(f"{stage}_sum") / delta(key)
 
 
 @contextlib.contextmanager
@@ -243,33 +296,40 @@ def run(args: argparse.Namespace, report_dir: Path) -> bench_report.BenchResult:
                                           b"".join(pixels), args.seconds, report_dir)
 
         gw_on, gw_off = gateways[SERIES_GATEWAY_ON], gateways[SERIES_GATEWAY_OFF]
-        sweeps: list[tuple[str, Workload]] = [
+        server_cpu = ProcessCpu(CPU_MODEL_SERVER, server.process.proc.pid)
+
+        def through(gw: stack.Gateway) -> list:
+            return [ProcessCpu(CPU_GATEWAY, gw.process.proc.pid), server_cpu, GatewayMetrics(gw.http_url)]
+
+        shape = (facts.spec.height, facts.spec.width, facts.spec.channels)
+        sweeps: list[tuple[str, Workload, list]] = [
             (SERIES_DIRECT_PIXELS, Workload("predict_pixels", server.grpc_target, tuple(pixels), facts.name,
-                                            input_shape=(facts.spec.height, facts.spec.width, facts.spec.channels),
-                                            signature=SIGNATURE, input_name=facts.input_name, output_filter=(SCORES,))),
-            (SERIES_GATEWAY_ON, Workload("classify", gw_on.grpc_target, tuple(images))),
-            (SERIES_GATEWAY_OFF, Workload("classify", gw_off.grpc_target, tuple(images))),
+                                            input_shape=shape, signature=SIGNATURE, input_name=facts.input_name,
+                                            output_filter=(SCORES,)), [server_cpu]),
+            (SERIES_GATEWAY_ON, Workload("classify", gw_on.grpc_target, tuple(images)), through(gw_on)),
+            (SERIES_GATEWAY_OFF, Workload("classify", gw_off.grpc_target, tuple(images)), through(gw_off)),
         ]
         if facts.image_bytes_input:
             sweeps.insert(0, (SERIES_DIRECT_BYTES, Workload(
                 "predict_bytes", server.grpc_target, tuple(images), facts.name, signature=IMAGE_BYTES_SIGNATURE,
-                input_name=facts.image_bytes_input, output_filter=(SCORES,))))
+                input_name=facts.image_bytes_input, output_filter=(SCORES,)), [server_cpu]))
         else:
             result.notes.append(f"The model has no `{IMAGE_BYTES_SIGNATURE}` signature: the direct baseline "
                                 "is Predict with uint8 pixels decoded by the client.")
 
         with LoadGenerator(args.processes, warmup_s=args.warmup, seconds=args.seconds) as gen:
             progress(f"load generator on a trivial endpoint, {max(args.levels)} in flight ...")
-            result.trivial = gen.measure(SERIES_TRIVIAL, Workload("health", gw_on.grpc_target), max(args.levels))
-            for series, work in sweeps:
+            result.trivial = gen.measure(SERIES_TRIVIAL, Workload("health", gw_on.grpc_target), max(args.levels),
+                                         [ProcessCpu(CPU_GATEWAY, gw_on.process.proc.pid)])
+            for series, work, probes in sweeps:
                 for level in args.levels:
                     progress(f"{series}: {level} in flight ...")
-                    result.samples.append(gen.measure(series, work, level))
+                    result.samples.append(gen.measure(series, work, level, probes))
             progress(f"model server Predict at batch {BATCH}, one call in flight ...")
             batch_work = Workload("predict_pixels", server.grpc_target, tuple(pixels), facts.name, batch=BATCH,
-                                  input_shape=(facts.spec.height, facts.spec.width, facts.spec.channels),
-                                  signature=SIGNATURE, input_name=facts.input_name, output_filter=(SCORES,))
-            result.batch_server = gen.measure(SERIES_BATCH, batch_work, 1)
+                                  input_shape=shape, signature=SIGNATURE, input_name=facts.input_name,
+                                  output_filter=(SCORES,))
+            result.batch_server = gen.measure(SERIES_BATCH, batch_work, 1, [server_cpu])
         result.rss_after = {name: rss_mib(gw.process.proc.pid) for name, gw in gateways.items()}
     result.finished = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     result.load_after = os.getloadavg() if hasattr(os, "getloadavg") else None

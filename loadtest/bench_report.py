@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from loadtest.loadgen import Sample
+from loadtest.loadgen import LOADGEN_CPU, Sample
 from loadtest.machine import Machine
 
 HEADLINE_CONCURRENCY = 32
@@ -27,6 +27,25 @@ SERIES_GATEWAY_ON = "gateway, batching on"
 SERIES_GATEWAY_OFF = "gateway, batching off"
 SERIES_TRIVIAL = "gateway health Check (trivial)"
 SERIES_BATCH = f"direct Predict, batch {BATCH}"
+CPU_GATEWAY = "gateway"
+CPU_MODEL_SERVER = "model server"
+
+
+@dataclass(frozen=True)
+class DecodeRate:
+    images: int
+    wall_s: float
+    cpu_s: float
+    source: str
+
+    @property
+    def per_core(self) -> float:
+        """Images per CPU-second: what one core does, whatever else shares the machine."""
+        return self.images / self.cpu_s if self.cpu_s else float("nan")
+
+    @property
+    def per_wall_second(self) -> float:
+        return self.images / self.wall_s
 
 
 @dataclass
@@ -44,7 +63,7 @@ class BenchResult:
     trivial: Sample | None = None
     batch_server: Sample | None = None
     inprocess: dict = field(default_factory=dict)
-    decode: object | None = None  # bench.DecodeRate
+    decode: DecodeRate | None = None
     request_bytes: dict[int, dict[str, int]] = field(default_factory=dict)
     rss_before: dict[str, float] = field(default_factory=dict)
     rss_after: dict[str, float] = field(default_factory=dict)
@@ -115,8 +134,9 @@ def goals(r: BenchResult) -> list[Goal]:
     ratio = _ratio(one and one["uint8"], one and one["float32"])
     out.append(Goal("request bytes, uint8 tensor_content vs float32 values",
                     "n/a" if ratio is None else
-                    f"{ratio:.3f}× for 1 image ({one['uint8']:,} vs {one['float32']:,} B); "
-                    f"{many['uint8'] / many['float32']:.3f}× for {BATCH}",
+                    f"{ratio:.3f}× for 1 image ({one['uint8']:,} vs {one['float32']:,} B, of which "
+                    f"{one['uint8'] - one['pixels']} B names and shape); {many['uint8'] / many['float32']:.3f}× "
+                    f"for {BATCH} images",
                     "≤ 0.26×", None if ratio is None else ratio <= 0.26))
     d = r.decode
     out.append(Goal("decode+resize of a 640×480 JPEG, one core",
@@ -161,6 +181,7 @@ def plot(samples: Sequence[Sample], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
     for i, name in enumerate(dict.fromkeys(s.series for s in samples)):
@@ -171,8 +192,11 @@ def plot(samples: Sequence[Sample], path: Path) -> None:
         right.plot(x, [p.percentile_ms(0.99) for p in points], marker="o", color=colour, label=f"{name} p99")
         right.plot(x, [p.percentile_ms(0.5) for p in points], marker=".", linestyle="--", color=colour,
                    label=f"{name} p50")
+    levels = sorted({s.concurrency for s in samples})
     for ax in (left, right):
         ax.set_xscale("log", base=2)
+        ax.set_xticks(levels, [str(c) for c in levels])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_xlabel("calls in flight (concurrency)")
         ax.grid(True, which="both", alpha=0.3)
     left.set_ylabel("images / s")
@@ -195,6 +219,47 @@ def _sweep_table(samples: Sequence[Sample]) -> list[str]:
         lines.append(f"| {s.series} | {s.concurrency} | {s.images_per_s:,.0f} | {s.calls_per_s:,.0f} | "
                      f"{s.percentile_ms(0.5):,.1f} | {s.percentile_ms(0.99):,.1f} | {errors} |")
     return lines
+
+
+def _num(value: float, fmt: str = "{:,.2f}") -> str:
+    return "–" if value is None or math.isnan(value) else fmt.format(value)
+
+
+def _cpu_table(samples: Sequence[Sample]) -> list[str]:
+    stages = list(dict.fromkeys(k for s in samples for k in s.gateway if k != "mean batch"))
+    processes = (LOADGEN_CPU, CPU_GATEWAY, CPU_MODEL_SERVER)
+    lines = ["| series | in flight | images/s | " + " | ".join(f"{p} CPU ms/img" for p in processes)
+             + " | sum | mean batch | " + " | ".join(f"{k}/img" for k in stages) + " |",
+             "|---|---:|---:|" + "---:|" * (len(processes) + 2 + len(stages))]
+    for s in samples:
+        cpu = [s.cpu_ms_per_image(p) for p in processes]
+        total = sum(c for c in cpu if not math.isnan(c))
+        lines.append(f"| {s.series} | {s.concurrency} | {s.images_per_s:,.0f} | "
+                     + " | ".join(_num(c) for c in cpu) + f" | {total:.2f} | "
+                     + _num(s.gateway.get("mean batch", float("nan")), "{:.1f}") + " | "
+                     + " | ".join(_num(s.gateway.get(k, float("nan"))) for k in stages) + " |")
+    return lines
+
+
+def cost_note(r: BenchResult) -> str | None:
+    """What the CPU accounting says about the gateway-vs-direct ratio at the headline concurrency."""
+    level = headline_level(r.samples)
+    on = _at(r.samples, SERIES_GATEWAY_ON, level)
+    direct = _at(r.samples, SERIES_DIRECT_BYTES, level) or _at(r.samples, SERIES_DIRECT_PIXELS, level)
+    if on is None or direct is None:
+        return None
+
+    def total(s: Sample) -> float:
+        return sum(c for c in (s.cpu_ms_per_image(p) for p in (LOADGEN_CPU, CPU_GATEWAY, CPU_MODEL_SERVER))
+                   if not math.isnan(c))
+
+    cores = r.machine.usable_cores
+    return (f"At {level} in flight, one image through the gateway costs {total(on):.2f} ms of CPU in these "
+            f"processes (gateway {_num(on.cpu_ms_per_image(CPU_GATEWAY))}, model server "
+            f"{_num(on.cpu_ms_per_image(CPU_MODEL_SERVER))}, load generator {_num(on.cpu_ms_per_image(LOADGEN_CPU))}) "
+            f"against {total(direct):.2f} ms for {direct.series}. With everything on {cores} cores, those costs "
+            f"cap throughput near {cores * 1000 / total(on):,.0f} and {cores * 1000 / total(direct):,.0f} images/s; "
+            f"on separate nodes the gateway's share runs on its own cores.")
 
 
 def _load(values: tuple[float, float, float] | None) -> str:
@@ -221,6 +286,16 @@ def render(r: BenchResult, found: Sequence[Goal]) -> str:
         "Closed loop: each caller sends its next request when the last one is answered. "
         "Throughput counts calls completed in the measured window; latencies are client-side.", "",
         *_sweep_table(system), "", "![throughput and latency against concurrency](bench.png)", "",
+        "## Where the CPU goes", "",
+        "CPU time each process spent in the measured window, per image answered (psutil for the servers, "
+        "the workers' own process time for the load generator), and the gateway's own stage timings "
+        "from its /metrics (mean per image; queue_wait is time spent waiting for a batch to fill).", "",
+        *_cpu_table([*r.samples, *extra]), "",
+    ]
+    note = cost_note(r)
+    if note:
+        lines += [note, ""]
+    lines += [
         "## Other measurements", "", *_sweep_table(extra), "",
     ]
     if r.inprocess and "error" not in r.inprocess:

@@ -23,11 +23,12 @@ import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Literal, Protocol, Sequence
 
 Kind = Literal["classify", "predict_bytes", "predict_pixels", "health"]
 START_MARGIN_S = 0.5  # time for every worker to receive its task before the common start
 MAX_MESSAGE_BYTES = 64 * 2**20
+LOADGEN_CPU = "load generator"
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ class Sample:
     calls: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)  # process -> CPU time in the window
+    gateway: dict[str, float] = field(default_factory=dict)  # the gateway's own metrics (mean batch, stages)
 
     @property
     def calls_per_s(self) -> float:
@@ -70,6 +73,10 @@ class Sample:
     @property
     def error_count(self) -> int:
         return sum(self.errors.values())
+
+    def cpu_ms_per_image(self, process: str) -> float:
+        images = self.calls * self.images_per_call
+        return 1000.0 * self.cpu_seconds[process] / images if images and process in self.cpu_seconds else float("nan")
 
     def percentile_ms(self, q: float) -> float:
         if not self.latencies_ms:
@@ -129,6 +136,7 @@ async def _drive(work: Workload, callers: int, start_at: float, warmup_s: float,
     latencies: list[float] = []
     errors: collections.Counter = collections.Counter()
     completed = 0
+    cpu: list[float] = []
     opts = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
     async with grpc.aio.insecure_channel(work.target, options=opts) as channel:
@@ -158,8 +166,15 @@ async def _drive(work: Workload, callers: int, start_at: float, warmup_s: float,
                     else:
                         errors[code] += 1
 
-        await asyncio.gather(*(caller(k) for k in range(callers)))
-    return completed, latencies, dict(errors)
+        async def cpu_meter() -> None:
+            """This process's CPU time over the measured window: the generator's own cost."""
+            await asyncio.sleep(max(0.0, begin - time.perf_counter()))
+            start = time.process_time()
+            await asyncio.sleep(max(0.0, end - time.perf_counter()))
+            cpu.append(time.process_time() - start)
+
+        await asyncio.gather(cpu_meter(), *(caller(k) for k in range(callers)))
+    return completed, latencies, dict(errors), cpu[0]
 
 
 def _worker(work: Workload, callers: int, start_at: float, warmup_s: float, seconds: float):
@@ -190,6 +205,20 @@ def split(concurrency: int, processes: int) -> list[int]:
     return [concurrency // used + (1 if k < concurrency % used else 0) for k in range(used)]
 
 
+class Probe(Protocol):
+    """Something measured over the same window as the calls (a server's CPU time, its metrics)."""
+
+    def begin(self) -> None: ...
+
+    def end(self) -> None: ...
+
+    def record(self, sample: "Sample") -> None: ...
+
+
+def _sleep_until(wall_clock: float) -> None:
+    time.sleep(max(0.0, wall_clock - time.time()))
+
+
 class LoadGenerator:
     """A pool of `processes` client processes, started once and reused for every measurement."""
 
@@ -211,20 +240,27 @@ class LoadGenerator:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def measure(self, series: str, work: Workload, concurrency: int) -> Sample:
+    def measure(self, series: str, work: Workload, concurrency: int, probes: Sequence[Probe] = ()) -> Sample:
+        """`concurrency` callers for warmup + seconds; `probes` watch the measured window."""
         assert self._pool is not None, "use LoadGenerator as a context manager"
         shares = split(concurrency, self.processes)
         start_at = time.time() + START_MARGIN_S
         futures = [self._pool.submit(_worker, work, n, start_at, self.warmup_s, self.seconds) for n in shares]
+        _sleep_until(start_at + self.warmup_s)
+        for probe in probes:
+            probe.begin()
+        _sleep_until(start_at + self.warmup_s + self.seconds)
+        for probe in probes:
+            probe.end()
         sample = Sample(series, concurrency, len(shares), self.seconds, work.batch if work.kind.startswith("predict") else 1)
         errors: collections.Counter = collections.Counter()
         for future in futures:
-            completed, latencies, errs = future.result()
+            completed, latencies, errs, cpu = future.result()
             sample.calls += completed
             sample.latencies_ms.extend(latencies)
             errors.update(errs)
+            sample.cpu_seconds[LOADGEN_CPU] = sample.cpu_seconds.get(LOADGEN_CPU, 0.0) + cpu
         sample.errors = dict(errors)
+        for probe in probes:
+            probe.record(sample)
         return sample
-
-    def sweep(self, series: str, work: Workload, levels: Sequence[int]) -> list[Sample]:
-        return [self.measure(series, work, c) for c in levels]

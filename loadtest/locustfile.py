@@ -38,7 +38,7 @@ import gateway.generated  # noqa: E402,F401  (puts the classifier.v1 stubs on sy
 from classifier.v1 import classifier_pb2 as pb  # noqa: E402
 from classifier.v1 import classifier_pb2_grpc as pb_grpc  # noqa: E402
 from loadtest import options as load_options  # noqa: E402
-from loadtest import shapes, slo  # noqa: E402
+from loadtest import shapes, slo, summary  # noqa: E402
 from loadtest.checks import Answer, Catalogue, InvalidAnswer, check_answer, check_count  # noqa: E402
 from loadtest.grpc_user import GrpcUser  # noqa: E402
 from loadtest.images import ImagePool, PoolImage  # noqa: E402
@@ -238,5 +238,5 @@ def _slo_verdict(environment, **_kwargs):
     verdict = slo.evaluate(limits, slo.Measured.from_locust(environment.stats.total, exceptions))
     print(verdict.render(), file=sys.stderr, flush=True)
     if opts.verdict_file:
-        verdict.write(Path(opts.verdict_file))
+        slo.write_verdict(Path(opts.verdict_file), verdict, summary.final_requests(environment.stats))
     environment.process_exit_code = 0 if verdict.passed else 1

@@ -57,16 +57,18 @@ def _non_negative(text: str) -> float:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("grpc_target", str, "", "gateway gRPC HOST:PORT (default: the --host name, port 50051)",
+    Option("grpc_target", str, "", "gateway gRPC HOST:PORT (default: the host of --host, port 50051)",
            metavar="HOST:PORT"),
-    Option("model", str, "", "model to classify with (default: the gateway's default model)"),
-    Option("uncertain_label", str, "not sure", "the label the gateway answers when unsure"),
+    Option("model", str, "", "model to classify with (default: the gateway's default model)",
+           metavar="NAME"),
+    Option("uncertain_label", str, "not sure", "the label the gateway answers when unsure",
+           metavar="LABEL"),
     Option("large_share", _share, 0.1, "share of requests that send a large photo (0..1)",
            metavar="SHARE"),
     Option("batch_images", _positive_int, 8, "images per ClassifyBatch call and per ClassifyStream",
            metavar="N"),
     Option("top_k", _positive_int, 3, "predictions asked for in each request", metavar="K"),
-    Option("rpc_timeout_s", _non_negative, 10.0, "client deadline of each request, seconds",
+    Option("rpc_timeout_s", _non_negative, 10.0, "client deadline of each request, seconds (0: none)",
            metavar="SECONDS"),
     Option("shape", str, "steady", "load shape: steady (SLO runs), step (find the knee), spike",
            choices=SHAPE_NAMES),
@@ -77,15 +79,20 @@ OPTIONS: tuple[Option, ...] = (
            metavar="PERCENT"),
     Option("slo_min_rps", _non_negative, 1.0, "SLO: least requests per second over the run",
            metavar="RPS"),
-    Option("verdict_file", str, "", "write the SLO verdict as JSON to this file", metavar="PATH"),
+    Option("verdict_file", str, "", "write the SLO verdict and final figures as JSON to this file",
+           metavar="PATH"),
 )
 
 
-def add_options(parser: Any, *, env: bool = False) -> None:
-    """Add every option to an argparse-compatible parser (Locust's takes `env_var` too)."""
+def add_options(parser: Any, *, env: bool = False, skip: Sequence[str] = ()) -> None:
+    """Add the options (but those in `skip`) to an argparse-compatible parser; Locust's takes
+    `env_var` too (`env=True`: LOCUST_SLO_P95_MS and so on)."""
     for opt in OPTIONS:
+        if opt.dest in skip:
+            continue
+        shown = f" (default: {opt.default})" if opt.default not in ("", None) else ""
         kwargs: dict[str, Any] = dict(type=opt.type, default=opt.default, choices=opt.choices,
-                                      metavar=opt.metavar, help=f"{opt.help} [default: {opt.default!r}]")
+                                      metavar=opt.metavar, help=opt.help + shown)
         if env:
             kwargs["env_var"] = opt.env_var
         parser.add_argument(opt.flag, **kwargs)

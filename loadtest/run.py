@@ -61,22 +61,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m loadtest.run",
         description="Run a bounded headless Locust load test with an SLO verdict; write "
-                    "reports/loadtest/<timestamp>/ (HTML, CSV, summary.md).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "reports/loadtest/<timestamp>/ (HTML, CSV, summary.md). Exit code 0 when "
+                    "every SLO limit held, 1 when one was missed.")
     parser.add_argument("--host", default="", metavar="URL",
                         help="gateway HTTP URL to test (e.g. http://10.0.0.5:8080); "
                              "without it, the stack is started on the default model and stopped after")
-    parser.add_argument("--users", type=int, default=16, help="users (requests in flight) at peak")
-    parser.add_argument("--spawn-rate", type=float, default=8.0, help="users started per second")
-    parser.add_argument("--duration", type=float, default=60.0, metavar="SECONDS", help="length of the run")
-    parser.add_argument("--processes", type=int, default=1,
-                        help="Locust processes generating load (-1: one per core); "
-                             "use more when one process saturates a core")
-    parser.add_argument("--report-dir", type=Path, default=None,
+    parser.add_argument("--users", type=int, default=16, metavar="N",
+                        help="users (requests in flight) at peak (default: %(default)s)")
+    parser.add_argument("--spawn-rate", type=float, default=8.0, metavar="PER_S",
+                        help="users started per second (default: %(default)s)")
+    parser.add_argument("--duration", type=float, default=60.0, metavar="SECONDS",
+                        help="length of the run (default: %(default)s)")
+    parser.add_argument("--processes", type=int, default=1, metavar="N",
+                        help="Locust processes generating load, -1 for one per core; use more when "
+                             "one process saturates a core (default: %(default)s)")
+    parser.add_argument("--report-dir", type=Path, default=None, metavar="DIR",
                         help="where to write the report (default: reports/loadtest/<timestamp>)")
     parser.add_argument("--verbose", action="store_true", help="echo the servers' logs")
     group = parser.add_argument_group("workload, shape and SLO (the locustfile's own options)")
-    options.add_options(group)
+    options.add_options(group, skip=("verdict_file",))
     args = parser.parse_args(argv)
     if args.users < 1 or args.spawn_rate <= 0 or args.duration <= 0:
         parser.error("--users must be >= 1, --spawn-rate and --duration > 0")

@@ -84,9 +84,6 @@ class Verdict:
         return {"passed": self.passed, "misses": self.misses, "limits": asdict(self.limits),
                 "measured": asdict(self.measured) | {"error_percent": self.measured.error_percent}}
 
-    def write(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
-
 
 def evaluate(limits: SloLimits, m: Measured) -> Verdict:
     misses: list[str] = []
@@ -106,8 +103,14 @@ def evaluate(limits: SloLimits, m: Measured) -> Verdict:
     return Verdict(limits, m, misses)
 
 
+def write_verdict(path: Path, verdict: Verdict, requests: list[dict]) -> None:
+    """The run's outcome as JSON, for the summary: the verdict and the final per-request figures."""
+    record = verdict.to_json() | {"requests": requests}
+    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
 def read_verdict(path: Path) -> dict | None:
-    """The verdict a run wrote (`Verdict.write`), or None when the run ended before writing one."""
+    """What `write_verdict` wrote, or None when the run ended before writing it."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

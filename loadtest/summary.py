@@ -73,21 +73,42 @@ def knee(found: Sequence[Stage]) -> Stage | None:
     return None
 
 
-def _ms(value: str) -> str:
+def _ms(value: str | float) -> str:
     try:
         return f"{float(value):,.0f}"
     except ValueError:
         return value or "n/a"
 
 
-def requests_table(stats: Sequence[Mapping[str, str]]) -> list[str]:
+def final_requests(stats) -> list[dict]:
+    """Per-request-name figures at the end of the run, from Locust's `RequestStats`.
+
+    Written beside the verdict by the locustfile's quitting listener: Locust's own CSV is
+    rewritten once a second and can miss the last requests, this cannot.
+    """
+    entries = sorted(stats.entries.values(), key=lambda e: (e.method or "", e.name)) + [stats.total]
+    return [{"type": e.method or "", "name": e.name, "requests": e.num_requests, "failures": e.num_failures,
+             "p50_ms": e.get_response_time_percentile(0.5) or 0, "p95_ms": e.get_response_time_percentile(0.95) or 0,
+             "p99_ms": e.get_response_time_percentile(0.99) or 0, "max_ms": e.max_response_time or 0,
+             "rps": e.total_rps} for e in entries]
+
+
+def requests_from_csv(rows: Sequence[Mapping[str, str]]) -> list[dict]:
+    """The same figures from Locust's stats CSV, for a run that ended before its verdict."""
+    return [{"type": r["Type"], "name": r["Name"], "requests": int(r["Request Count"]),
+             "failures": int(r["Failure Count"]), "p50_ms": r["50%"], "p95_ms": r["95%"], "p99_ms": r["99%"],
+             "max_ms": r["Max Response Time"], "rps": float(r["Requests/s"])} for r in rows]
+
+
+def requests_table(rows: Sequence[Mapping]) -> list[str]:
+    if not rows:
+        return ["No statistics were written."]
     lines = ["| type | name | requests | failures | p50 ms | p95 ms | p99 ms | max ms | req/s |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in stats:
+    for r in rows:
         lines.append(
-            f"| {r['Type']} | {r['Name']} | {int(r['Request Count']):,} | {int(r['Failure Count']):,} | "
-            f"{_ms(r['50%'])} | {_ms(r['95%'])} | {_ms(r['99%'])} | {_ms(r['Max Response Time'])} | "
-            f"{float(r['Requests/s']):,.1f} |")
+            f"| {r['type']} | {r['name']} | {r['requests']:,} | {r['failures']:,} | {_ms(r['p50_ms'])} | "
+            f"{_ms(r['p95_ms'])} | {_ms(r['p99_ms'])} | {_ms(r['max_ms'])} | {r['rps']:,.1f} |")
     return lines
 
 
@@ -145,14 +166,15 @@ def verdict_lines(verdict: Mapping | None, exit_code: int | None) -> list[str]:
 
 def render(*, title: str, verdict: Mapping | None, exit_code: int | None, target: str,
            settings: Mapping[str, object], machine: Machine, csv_prefix: Path, files: Sequence[str]) -> str:
-    stats = read_csv(csv_prefix.with_name(csv_prefix.name + "_stats.csv"))
+    requests = (verdict or {}).get("requests") or requests_from_csv(
+        read_csv(csv_prefix.with_name(csv_prefix.name + "_stats.csv")))
     history = read_csv(csv_prefix.with_name(csv_prefix.name + "_stats_history.csv"))
     failures = read_csv(csv_prefix.with_name(csv_prefix.name + "_failures.csv"))
     parts = [
         f"# {title}", "",
         f"Target: {target}", "",
         "## Verdict", "", *verdict_lines(verdict, exit_code), "",
-        "## Requests", "", *(requests_table(stats) if stats else ["No statistics were written."]), "",
+        "## Requests", "", *requests_table(requests), "",
         "## By stage", "", *stages_table(stages(history)), "",
         "## Failures", "", *failures_table(failures), "",
         "## Settings", "", "| setting | value |", "|---|---|",

@@ -87,6 +87,10 @@ class FlagError(ValueError):
     """A flag the server knows, given a value it cannot use."""
 
 
+class HelpRequested(Exception):
+    """`--help` was given: print `usage()` and exit."""
+
+
 def _parse_bool(text: str) -> bool:
     lowered = text.lower()
     if lowered in ("true", "1"):
@@ -109,7 +113,9 @@ def _convert(name: str, text: str | None) -> Any:
 
 
 def parse(argv: Sequence[str]) -> ServerOptions:
-    """Parse `argv` (without the program name) into options; raises FlagError on bad values."""
+    """Parse `argv` (without the program name) into options.
+
+    Raises FlagError on bad values, HelpRequested for --help."""
     values: dict[str, Any] = {}
     for arg in argv:
         if not arg.startswith("-"):
@@ -117,7 +123,7 @@ def parse(argv: Sequence[str]) -> ServerOptions:
             continue
         name, sep, text = arg.lstrip("-").partition("=")
         if name in ("help", "h"):
-            raise FlagError("help requested")
+            raise HelpRequested()
         if name in _FIELDS:
             values[name] = _convert(name, text if sep else None)
         elif name in ACCEPTED_WITHOUT_EFFECT:

@@ -123,7 +123,7 @@ class ModelManager:
     def __init__(self, settings: ManagerSettings, load: Callable[[Path], LoadedModel],
                  run_blocking: Callable[[Callable, Path], "asyncio.Future[LoadedModel]"]):
         self._settings = settings
-        self._load = load
+        self._load_version = load
         self._run_blocking = run_blocking
         self._models: dict[str, ModelEntry] = {}
         self._config_lock = asyncio.Lock()
@@ -312,7 +312,7 @@ class ModelManager:
         attempts = 1 + max(self._settings.max_num_load_retries, 0)
         for attempt in range(1, attempts + 1):
             try:
-                serving.loaded = await self._run_blocking(self._load, path)
+                serving.loaded = await self._run_blocking(self._load_version, path)
                 break
             except Exception as exc:  # any load failure is recorded in the version's status
                 error = LoadError.from_exception(exc)

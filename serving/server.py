@@ -16,7 +16,6 @@ import os
 import signal
 import socket
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import grpc
 import tensorflow as tf
@@ -26,6 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from serving import configs, grpc_api
 from serving.batching import Batcher
 from serving.core import ServingCore
+from serving.errors import ServingError
 from serving.flags import ServerOptions
 from serving.loader import VersionLoader
 from serving.manager import ManagerSettings, ModelManager
@@ -147,7 +147,6 @@ class ModelServer:
         return False
 
     async def _load_initial(self, manager: ModelManager) -> None:
-        from serving.manager import ServingError  # noqa: F401  (re-exported type of apply_config errors)
         try:
             failed = await manager.apply_config(self.model_config, initial=True)
         except ServingError as exc:
@@ -214,8 +213,6 @@ class ModelServer:
         return asyncio.create_task(self._poll_config_file(core, wait), name="config-poll")
 
     async def _poll_config_file(self, core: ServingCore, wait: float) -> None:
-        from serving.errors import ServingError
-
         current = self.model_config
         while True:
             await asyncio.sleep(wait)
@@ -254,6 +251,3 @@ class ModelServer:
 async def serve(options: ServerOptions) -> int:
     return await ModelServer(options).run()
 
-
-def model_base_paths(server: ModelServer) -> list[Path]:
-    return [Path(m.base_path) for m in server.model_config.model_config_list.config]

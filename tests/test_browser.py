@@ -1,7 +1,7 @@
 """The web page at `GET /`, in a real browser against the real stack.
 
-Headless Debian Chromium (/usr/bin/chromium, installed by `.ci/run` and `make install` as root) is
-driven by Playwright for Python; Playwright's own browser downloads are never used. The page talks
+Headless Debian Chromium (/usr/bin/chromium; `.ci/run` installs it when root) is driven by
+Playwright for Python; Playwright's own browser downloads are never used. The page talks
 to the session's gateway (conftest `gateway`, in front of a real model server), and every answer it
 shows is checked against the REST API's answer for the same bytes, fetched here with httpx.
 
@@ -11,6 +11,7 @@ picture of the page); otherwise screenshots go to pytest's temporary directory o
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from playwright.sync_api import expect, sync_playwright
 
 from tools import stack
 
@@ -37,11 +39,7 @@ ANSWER_TIMEOUT_MS = 30_000  # the first answer may wait for a cold model
 def browser():
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} not found: the browser tests need Debian's chromium "
-                    "(`apt-get install chromium`; .ci/run and `make install` do it when root)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("playwright is not installed in this environment: run `make install`")
+                    "(`apt-get install chromium`; .ci/run does it when run as root)")
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield chromium
@@ -51,17 +49,15 @@ def browser():
 @pytest.fixture
 def open_page(browser, gateway):
     """Opens the gateway's page in a fresh browser context; fails the test on any script error."""
-    from playwright.sync_api import expect
-
     expect.set_options(timeout=ANSWER_TIMEOUT_MS)
     contexts, script_errors = [], []
 
-    def open_(viewport: dict = DESKTOP):
+    def open_(viewport: dict = DESKTOP, url: str | None = None):
         context = browser.new_context(viewport=viewport, color_scheme="light")
         contexts.append(context)
         page = context.new_page()
         page.on("pageerror", lambda exc: script_errors.append(str(exc)))
-        response = page.goto(f"{gateway.http_url}/")
+        response = page.goto(f"{url or gateway.http_url}/")
         assert response is not None and response.ok, f"GET / answered {response and response.status}"
         # The model list is the page's first call: once the header says something, it is wired up.
         expect(page.locator("#service-status")).not_to_have_attribute("data-state", "loading")
@@ -74,18 +70,35 @@ def open_page(browser, gateway):
 
 
 @pytest.fixture(scope="module")
+def two_model_gateway(model_server):
+    """A second gateway fronting the session's model and one the model server does not have."""
+    env = {**os.environ, "GATEWAY_MODELS": json.dumps({"fashion": {}, "absent": {}})}
+    gw = stack.start_gateway(backend=model_server.grpc_target, env=env)
+    yield gw
+    gw.process.stop()
+
+
+@pytest.fixture(scope="module")
 def example_image() -> Path:
     """A bundled Fashion-MNIST example, as a user would pick it."""
-    images = [p for p in stack.example_images() if "fashion" in p.parts]
+    images = [p for p in stack.example_images() if p.parent.name == "fashion"]
     if not images:
         pytest.fail(f"no example images under {stack.EXAMPLES_DIR / 'fashion'}")
     return images[0]
 
 
-def rest_classify(gateway, name: str, data: bytes, mime: str, top_k: int) -> httpx.Response:
+def rest_classify(gateway, name: str, data: bytes, mime: str, top_k: int,
+                  model: str | None = None) -> httpx.Response:
     """The REST answer for the same upload the page makes (multipart field `image`)."""
-    return httpx.post(f"{gateway.http_url}/v1/classify", params={"top_k": top_k},
+    path = f"/v1/models/{model}:classify" if model else "/v1/classify"
+    return httpx.post(f"{gateway.http_url}{path}", params={"top_k": top_k},
                       files={"image": (name, data, mime)}, timeout=30)
+
+
+def wait_for_answer(page, panel: str = "#outcome") -> None:
+    """Waits until the page has finished a request and shows `panel` (#outcome or #problem)."""
+    expect(page.locator("#result-card")).to_have_attribute("aria-busy", "false")
+    expect(page.locator(panel)).to_be_visible()
 
 
 def shown_outcome(page) -> dict:
@@ -137,14 +150,16 @@ def save_screenshot(page, tmp_path: Path) -> Path:
 
 
 def test_uploaded_example_shows_the_rest_answer(open_page, gateway, example_image, tmp_path):
-    from playwright.sync_api import expect
-
     page = open_page()
     top_k = int(page.locator("#top-k").input_value())
-    page.set_input_files("#file", example_image)
+    with page.expect_response(lambda r: "classify" in r.url) as answered:
+        page.set_input_files("#file", example_image)
 
-    expect(page.locator("#outcome")).to_be_visible()
+    wait_for_answer(page)
     shown = shown_outcome(page)
+    # The server's own timing (Server-Timing header) is shown beside the round trip.
+    assert answered.value.headers.get("server-timing"), "the gateway sent no Server-Timing header"
+    expect(page.locator("#meta-server")).to_have_text(re.compile(r"^\d+\.\d ms$"))
     rest = rest_classify(gateway, example_image.name, example_image.read_bytes(), "image/png", top_k)
     assert rest.status_code == 200, rest.text
     assert_matches_rest(shown, rest.json())
@@ -155,20 +170,45 @@ def test_uploaded_example_shows_the_rest_answer(open_page, gateway, example_imag
 
 
 def test_changing_top_k_asks_again(open_page, gateway, example_image):
-    from playwright.sync_api import expect
-
     page = open_page()
     page.set_input_files("#file", example_image)
-    expect(page.locator("#outcome")).to_be_visible()
+    wait_for_answer(page)
     page.select_option("#top-k", "3")
     expect(page.locator("#bars > li")).to_have_count(3)
+    wait_for_answer(page)
     rest = rest_classify(gateway, example_image.name, example_image.read_bytes(), "image/png", 3)
     assert_matches_rest(shown_outcome(page), rest.json())
 
 
-def test_text_file_shows_the_servers_message_and_request_id(open_page, gateway, tmp_path):
-    from playwright.sync_api import expect
+# Builds a real File in the page from the test's bytes and delivers it the way a browser does.
+DELIVER_FILE_JS = """
+([how, name, bytes]) => {
+  const transfer = new DataTransfer();
+  transfer.items.add(new File([new Uint8Array(bytes)], name, {type: "image/png"}));
+  if (how === "paste") {
+    document.dispatchEvent(new ClipboardEvent("paste", {clipboardData: transfer, bubbles: true}));
+  } else {
+    const zone = document.getElementById("dropzone");
+    for (const type of ["dragenter", "dragover", "drop"]) {
+      zone.dispatchEvent(new DragEvent(type, {dataTransfer: transfer, bubbles: true, cancelable: true}));
+    }
+  }
+}
+"""
 
+
+@pytest.mark.parametrize("how", ["drop", "paste"])
+def test_dropped_or_pasted_image_is_classified(open_page, gateway, example_image, how):
+    page = open_page()
+    data = example_image.read_bytes()
+    page.evaluate(DELIVER_FILE_JS, [how, example_image.name, list(data)])
+    wait_for_answer(page)
+    rest = rest_classify(gateway, example_image.name, data, "image/png", 5)
+    assert_matches_rest(shown_outcome(page), rest.json())
+    assert "dragging" not in (page.locator("#dropzone").get_attribute("class") or "")
+
+
+def test_text_file_shows_the_servers_message_and_request_id(open_page, gateway, tmp_path):
     text_file = tmp_path / "notes.txt"
     text_file.write_text("this is not an image\n")
     page = open_page()
@@ -178,7 +218,7 @@ def test_text_file_shows_the_servers_message_and_request_id(open_page, gateway, 
     assert request_id, "the gateway did not set x-request-id on its error answer"
 
     problem = page.locator("#problem")
-    expect(problem).to_be_visible()
+    wait_for_answer(page, "#problem")
     expect(page.locator("#outcome")).to_be_hidden()
     rest = rest_classify(gateway, text_file.name, text_file.read_bytes(), "text/plain", 5)
     assert rest.status_code == 400
@@ -190,21 +230,20 @@ def test_text_file_shows_the_servers_message_and_request_id(open_page, gateway, 
 
 
 def test_too_large_file_is_refused_with_a_clear_message(open_page, tmp_path):
-    from playwright.sync_api import expect
-
     big = tmp_path / "huge.png"
     big.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * (11 * 2**20))  # over the 10 MiB default body limit
     page = open_page()
     page.set_input_files("#file", big)
-    expect(page.locator("#problem")).to_be_visible()
+    wait_for_answer(page, "#problem")
     expect(page.locator("#problem-title")).to_have_text("The file is too large")
     expect(page.locator("#problem-detail")).to_contain_text("HTTP 413")
 
 
 def test_keyboard_only(open_page, gateway, example_image):
-    from playwright.sync_api import expect
-
     page = open_page()
+    # Turn on file-chooser interception now, well before the key press: when `expect_file_chooser`
+    # turns it on itself, the press can win the race and the chooser goes unseen.
+    page.on("filechooser", lambda chooser: None)
     focused = []
     for _ in range(12):
         page.keyboard.press("Tab")
@@ -221,7 +260,7 @@ def test_keyboard_only(open_page, gateway, example_image):
     with page.expect_file_chooser() as chooser:
         page.keyboard.press("Enter")
     chooser.value.set_files(example_image)
-    expect(page.locator("#outcome")).to_be_visible()
+    wait_for_answer(page)
     assert page.evaluate("document.activeElement.id") == "dropzone", "focus was lost after the answer"
 
     live = page.locator("#announcer")
@@ -236,11 +275,9 @@ def test_keyboard_only(open_page, gateway, example_image):
 
 @pytest.mark.parametrize("width", [320, 360])
 def test_narrow_screen_has_no_horizontal_scroll(open_page, example_image, width, tmp_path):
-    from playwright.sync_api import expect
-
     page = open_page({"width": width, "height": 740})
     page.set_input_files("#file", example_image)
-    expect(page.locator("#outcome")).to_be_visible()
+    wait_for_answer(page)
     scroll_width, client_width = page.evaluate(
         "[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
     assert scroll_width <= client_width == width
@@ -251,8 +288,6 @@ def test_narrow_screen_has_no_horizontal_scroll(open_page, example_image, width,
 
 
 def test_clicking_a_bundled_example_classifies_it(open_page, gateway):
-    from playwright.sync_api import expect
-
     page = open_page()
     examples = page.locator("#example-list button")
     expect(page.locator("#examples")).to_be_visible()
@@ -260,10 +295,37 @@ def test_clicking_a_bundled_example_classifies_it(open_page, gateway):
     first = examples.first
     url = first.get_attribute("data-url")
     first.click()
-    expect(page.locator("#outcome")).to_be_visible()
+    wait_for_answer(page)
 
     image = httpx.get(f"{gateway.http_url}/{url.lstrip('/')}", timeout=10)
     assert image.status_code == 200, f"GET {url}: {image.status_code}"
     rest = rest_classify(gateway, url.rsplit("/", 1)[-1], image.content,
                          image.headers.get("content-type", "image/png"), 5)
     assert_matches_rest(shown_outcome(page), rest.json())
+
+
+def test_model_selector_sends_to_the_chosen_model(open_page, two_model_gateway, example_image):
+    page = open_page(url=two_model_gateway.http_url)
+    expect(page.locator("#model-field")).to_be_visible()
+    options = page.locator("#model option")
+    assert [options.nth(i).get_attribute("value") for i in range(options.count())] == ["", "fashion", "absent"]
+    expect(page.locator("#service-status")).to_have_attribute("data-state", "partial")
+    data = example_image.read_bytes()
+
+    page.select_option("#model", "fashion")
+    with page.expect_request(lambda r: r.method == "POST") as sent:
+        page.set_input_files("#file", example_image)
+    assert "/v1/models/fashion:classify?top_k=5" in sent.value.url
+    wait_for_answer(page)
+    rest = rest_classify(two_model_gateway, example_image.name, data, "image/png", 5, model="fashion")
+    assert_matches_rest(shown_outcome(page), rest.json())
+
+    # Choosing another model asks again, for the image already on screen.
+    with page.expect_request(lambda r: r.method == "POST") as sent:
+        page.select_option("#model", "absent")
+    assert "/v1/models/absent:classify" in sent.value.url
+    wait_for_answer(page, "#problem")
+    rest = rest_classify(two_model_gateway, example_image.name, data, "image/png", 5, model="absent")
+    assert rest.status_code in (404, 503), rest.text
+    expect(page.locator("#problem-message")).to_have_text(rest.json()["error"]["message"])
+    expect(page.locator("#problem-detail")).to_contain_text(f"HTTP {rest.status_code}")

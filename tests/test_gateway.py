@@ -70,20 +70,19 @@ def assert_same_answers(got: list[dict], want: list[dict], tolerance: float = 1e
         assert all(abs(a["score"] - b["score"]) <= tolerance for a, b in zip(g["predictions"], w["predictions"]))
 
 
-def metric_values(http_url: str, name: str) -> dict[str, float]:
-    """{label-set text: value} for every sample of metric `name` on a /metrics page."""
+def samples(http_url: str, name: str) -> list[tuple[dict, float]]:
+    """(labels, value) for every sample of metric `name` on the gateway's /metrics page."""
     text = httpx.get(f"{http_url}/metrics", timeout=10).text
-    out = {}
+    out = []
     for line in text.splitlines():
-        m = re.match(rf"^{re.escape(name)}(\{{[^}}]*\}})? (\S+)$", line)
+        m = re.match(rf"^{re.escape(name)}(?:\{{(.*)\}})? (\S+)$", line)
         if m:
-            out[m.group(1) or ""] = float(m.group(2))
+            out.append((dict(re.findall(r'(\w+)="([^"]*)"', m.group(1) or "")), float(m.group(2))))
     return out
 
 
 def predict_calls(http_url: str) -> float:
-    return sum(v for k, v in metric_values(http_url, "gateway_backend_requests_total").items()
-               if 'method="Predict"' in k)
+    return sum(v for labels, v in samples(http_url, "gateway_backend_requests_total") if labels["method"] == "Predict")
 
 
 def health_status(target: str, service: str = "") -> int:
@@ -144,6 +143,18 @@ def test_classify_stream_answers_in_order(stub, images):
     singles = [stub.Classify(pb.ClassifyRequest(image=img), timeout=30) for img in images[:40]]
     answers = list(stub.ClassifyStream(iter(pb.ClassifyRequest(image=img) for img in images[:40]), timeout=60))
     assert_same_answers([answer_json(r) for r in answers], [answer_json(r) for r in singles])
+
+
+def test_a_bad_image_ends_a_stream_after_the_good_answers_before_it(stub, images):
+    requests = [pb.ClassifyRequest(image=images[0]), pb.ClassifyRequest(image=images[1]),
+                pb.ClassifyRequest(image=b"not an image"), pb.ClassifyRequest(image=images[2])]
+    answers = []
+    with pytest.raises(grpc.RpcError) as err:
+        for answer in stub.ClassifyStream(iter(requests), timeout=30):
+            answers.append(answer)
+    assert len(answers) == 2
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("stream message 2:")
 
 
 def test_list_models(stub):
@@ -256,9 +267,10 @@ def test_metrics_cover_requests_stages_batches_and_decisions(gateway, stub, imag
         assert f"\n{name}" in text, name
     for stage in ("decode", "queue_wait", "predict", "decide"):
         assert f'stage="{stage}"' in text, stage
-    assert re.search(r'gateway_requests_total\{transport="grpc",route="Classify",model="fashion",status="OK"\}', text)
-    assert re.search(r'gateway_requests_total\{transport="http",route="POST /v1/classify",model="fashion",status="200"\}', text)
-    assert 'gateway_circuit_state 0.0' in text
+    requests = [labels for labels, _ in samples(gateway.http_url, "gateway_requests_total")]
+    assert {"transport": "grpc", "route": "Classify", "model": "fashion", "status": "OK"} in requests
+    assert {"transport": "http", "route": "POST /v1/classify", "model": "fashion", "status": "200"} in requests
+    assert samples(gateway.http_url, "gateway_circuit_state") == [({}, 0.0)]
 
 
 def test_one_json_log_line_per_request_without_image_bytes(gateway, stub, images):
@@ -335,10 +347,10 @@ def test_the_batcher_coalesces_concurrent_requests(model_server, images):
         answers = asyncio.run(burst())
         assert len(answers) == 32 and all(a.model == "fashion" for a in answers)
         calls = predict_calls(gw.http_url) - before
-        sizes = metric_values(gw.http_url, "gateway_batch_size_sum")
+        sizes = [v for _, v in samples(gw.http_url, "gateway_batch_size_sum")]
         print(f"\n32 concurrent requests -> {calls:.0f} Predict calls")
         assert calls <= 4, f"{calls} Predict calls for 32 concurrent requests"
-        assert sum(sizes.values()) == 32
+        assert sum(sizes) == 32
     finally:
         gw.process.stop()
 

@@ -293,6 +293,26 @@ def test_model_server_flags_and_configs_are_what_tf_serving_accepts(tmp_path):
         assert dict(configs.grpc_channel_arguments(options))["grpc.max_connection_age_ms"] > 0
 
 
+def test_model_server_args_repeat_serving_run_sh(tmp_path):
+    """serving/run.sh is the image's entrypoint and the one list of the server's flags; the
+    Deployment spells them out (visible in `kubectl describe`). Run run.sh as the image does,
+    with a stand-in tensorflow_model_server that prints its arguments, and compare."""
+    fake = tmp_path / "tensorflow_model_server"
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    fake.chmod(0o755)
+    for source in DEPLOYABLE:
+        c = container(source, "model-server")
+        mount = next(m["mountPath"] for m in c["volumeMounts"] if m["name"] == "config")
+        proc = subprocess.run(["bash", str(ROOT / "serving" / "run.sh")], capture_output=True, text=True, timeout=30,
+                              env={"PATH": f"{tmp_path}:/usr/bin:/bin", "CONFIG_DIR": mount, "MODELS_DIR": "/models"})
+        assert proc.returncode == 0, proc.stderr
+        run_sh = flags({"args": proc.stdout.split()})
+        assert run_sh, "run.sh passed no flags"
+        deployed = flags(c)
+        for name, value in run_sh.items():
+            assert deployed.get(name) == value, f"{source}: --{name}={deployed.get(name)}, run.sh sets {value}"
+
+
 def test_model_server_ports_and_probes_match_its_flags():
     model = default_model()
     monitoring = config_map("overlays/cpu", "model-server-config")["data"]["monitoring.config"]
@@ -457,7 +477,8 @@ def test_gateway_env_and_config_are_valid_settings(monkeypatch, tmp_path):
 
 
 def test_gateway_probes_use_its_ports_paths_and_health_service():
-    from gateway.generated.classifier.v1 import classifier_pb2
+    import gateway.generated  # noqa: F401  (puts the classifier.v1 stubs on sys.path, as the gateway does)
+    from classifier.v1 import classifier_pb2
 
     service_name = classifier_pb2.DESCRIPTOR.services_by_name["Classifier"].full_name
     source_text = "\n".join(p.read_text() for p in (ROOT / "gateway").glob("*.py"))
@@ -520,7 +541,10 @@ def test_loadtest_runs_the_project_locustfile_against_the_gateway_service():
     assert match, host
     gateway = one("overlays/cpu", "Service", match.group(1))
     assert gateway["metadata"]["namespace"] == match.group(2)
-    assert int(match.group(3)) in [p["port"] for p in gateway["spec"]["ports"] if p["name"] == "http"]
+    ports = {p["name"]: p["port"] for p in gateway["spec"]["ports"]}
+    assert int(match.group(3)) == ports["http"]
+    grpc_target = master_args[master_args.index("--grpc-target") + 1]
+    assert grpc_target == f"{match.group(1)}.{match.group(2)}.svc.cluster.local:{ports['grpc']}", grpc_target
     master_service = one(source, "Service", worker_args[worker_args.index("--master-host") + 1])
     assert _selects(master_service["spec"]["selector"], master["spec"]["template"]["metadata"]["labels"])
     expected = int(master_args[master_args.index("--expect-workers") + 1])

@@ -48,7 +48,7 @@ CUSTOM_KINDS = {("monitoring.coreos.com/v1", "PodMonitor"), ("monitoring.coreos.
 
 
 class CheckError(Exception):
-    """A check could not run or found a problem; the message says which and how to fix it."""
+    """A check could not run (a missing tool, a kustomization that does not build); says how to fix it."""
 
 
 def tool(name: str, package: str) -> str:
@@ -82,15 +82,16 @@ def render_all() -> dict[str, list[dict]]:
     return {str(k.relative_to(K8S)): render(k) for k in kustomizations()}
 
 
-def config_copy_problems() -> list[str]:
-    problems = []
+def config_copy_problems() -> tuple[list[str], list[str]]:
+    """(originals missing from serving/, k8s copies that differ from their original)."""
+    missing, stale = [], []
     for name in SERVING_CONFIGS:
         original, copy = SERVING_CONFIG_DIR / name, CONFIG_COPY_DIR / name
         if not original.exists():
-            problems.append(f"{original.relative_to(ROOT)} is missing")
+            missing.append(f"{original.relative_to(ROOT)} is missing")
         elif not copy.exists() or not filecmp.cmp(original, copy, shallow=False):
-            problems.append(f"{copy.relative_to(ROOT)} differs from {original.relative_to(ROOT)}")
-    return problems
+            stale.append(f"{copy.relative_to(ROOT)} differs from {original.relative_to(ROOT)}")
+    return missing, stale
 
 
 def sync_config_copies() -> list[str]:
@@ -167,10 +168,10 @@ def run_checks() -> int:
     rendered: dict[str, list[dict]] = {}
 
     def copies():
-        problems = config_copy_problems()
-        if problems:
-            problems.append("run `python -m tools.k8s_check --sync` to copy serving/*.config into k8s/")
-        return problems, f"{len(SERVING_CONFIGS)} serving configs vs {CONFIG_COPY_DIR.relative_to(ROOT)}/"
+        missing, stale = config_copy_problems()
+        if stale:
+            stale.append("run `python -m tools.k8s_check --sync` to copy serving/*.config into k8s/")
+        return missing + stale, f"{len(SERVING_CONFIGS)} serving configs vs {CONFIG_COPY_DIR.relative_to(ROOT)}/"
 
     def rendering():
         problems = []
@@ -192,7 +193,7 @@ def run_checks() -> int:
         return hadolint_problems(), ", ".join(str(d.relative_to(ROOT)) for d in DOCKERFILES)
 
     def policy():
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "--tb=short", "-p", "no:cacheprovider",
                                str(POLICY_TESTS.relative_to(ROOT))],
                               cwd=ROOT, capture_output=True, text=True, timeout=300)
         lines = [line for line in proc.stdout.splitlines() if line.strip()]

@@ -7,3 +7,7 @@ what to do instead of a traceback. Programming errors stay ordinary exceptions.
 
 class TrainingError(Exception):
     """A user-facing problem; the message is the whole story, no traceback needed."""
+
+
+class ExportError(Exception):
+    """The exported SavedModel failed verification; nothing was written to the version dir."""

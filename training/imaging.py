@@ -26,18 +26,29 @@ class InputSpec:
         return (self.height, self.width, self.channels)
 
 
-def fit_to_input(image: tf.Tensor, spec: InputSpec) -> tf.Tensor:
-    """Convert one uint8 `[h, w, c]` image to `spec`: channel count first, then size.
+# ITU-R 601-2 luma, the weights Pillow's convert("L") uses, so a grey model sees the same
+# brightness whether the gateway (Pillow) or the graph converted a colour image.
+_LUMA = (0.299, 0.587, 0.114)
 
-    Resizing is bilinear with antialiasing (so large photos shrink smoothly), rounded back to
-    uint8; an image already at the target size passes through untouched, bit for bit.
+
+def _to_grey(rgb: tf.Tensor) -> tf.Tensor:
+    luma = tf.tensordot(tf.cast(rgb, tf.float32), tf.constant(_LUMA), axes=[[-1], [0]])
+    return tf.cast(tf.clip_by_value(tf.round(luma), 0.0, 255.0), tf.uint8)[..., tf.newaxis]
+
+
+def fit_to_input(image: tf.Tensor, spec: InputSpec) -> tf.Tensor:
+    """Convert one uint8 `[h, w, c]` image (c = 1 grey, 2 grey+alpha, 3 RGB, 4 RGBA) to `spec`.
+
+    Alpha is dropped; grey becomes RGB by repetition and RGB becomes grey by luma. Resizing is
+    bilinear with antialiasing (large photos shrink smoothly), rounded back to uint8. An image
+    already in the target shape passes through bit for bit.
     """
     image = tf.convert_to_tensor(image, dtype=tf.uint8)
-    channels = tf.shape(image)[-1]
+    grey_source = tf.shape(image)[-1] < 3
     if spec.channels == 1:
-        image = tf.cond(channels == 1, lambda: image, lambda: tf.image.rgb_to_grayscale(image[..., :3]))
+        image = tf.cond(grey_source, lambda: image[..., :1], lambda: _to_grey(image[..., :3]))
     else:
-        image = tf.cond(channels == 1, lambda: tf.image.grayscale_to_rgb(image), lambda: image[..., :3])
+        image = tf.cond(grey_source, lambda: tf.tile(image[..., :1], [1, 1, 3]), lambda: image[..., :3])
     image = tf.ensure_shape(image, [None, None, spec.channels])
 
     def resize() -> tf.Tensor:
@@ -51,10 +62,6 @@ def fit_to_input(image: tf.Tensor, spec: InputSpec) -> tf.Tensor:
 
 
 def decode_to_input(encoded: tf.Tensor, spec: InputSpec) -> tf.Tensor:
-    """Decode one encoded image (JPEG, PNG, GIF, BMP) and fit it to `spec` (uint8 `[H, W, C]`).
-
-    Decoding always asks for 3 channels (so grey, palette and RGBA files all arrive as RGB) and
-    then `fit_to_input` picks the model's channel count, the same way for every format.
-    """
-    image = tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
+    """Decode one encoded image (JPEG, PNG, GIF, BMP) and fit it to `spec` (uint8 `[H, W, C]`)."""
+    image = tf.io.decode_image(encoded, channels=0, dtype=tf.uint8, expand_animations=False)
     return fit_to_input(image, spec)

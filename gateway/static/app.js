@@ -35,6 +35,7 @@ const ui = {
   metaLatency: $("meta-latency"),
   metaServerRow: $("meta-server-row"),
   metaServer: $("meta-server"),
+  metaStages: $("meta-stages"),
   problem: $("problem"),
   problemTitle: $("problem-title"),
   problemMessage: $("problem-message"),
@@ -55,7 +56,7 @@ const ERROR_TITLES = {
 };
 
 const state = {
-  current: null,     // {blob, name}: the image on screen, re-sent when the model or top-k changes
+  current: null,     // {blob, name, source}: the image on screen, re-sent when the model or top-k changes
   inFlight: null,    // AbortController of the request whose answer the page is waiting for
   previewUrl: null,  // object URL of the preview, revoked when replaced
 };
@@ -67,12 +68,23 @@ function show(element, visible) {
 }
 
 function setPanel(which) {
+  ui.outcome.classList.remove("stale");
   show(ui.placeholder, which === "placeholder");
   show(ui.busy, which === "busy");
   show(ui.outcome, which === "outcome");
   show(ui.problem, which === "problem");
   ui.resultCard.setAttribute("aria-busy", String(which === "busy"));
   if (which === "outcome" || which === "problem") revealResult();
+}
+
+// While waiting, an answer already on screen stays (dimmed) rather than flickering away.
+function setBusy() {
+  if (ui.outcome.hidden) {
+    setPanel("busy");
+  } else {
+    ui.outcome.classList.add("stale");
+    ui.resultCard.setAttribute("aria-busy", "true");
+  }
 }
 
 // On a phone the answer may be below the fold (after clicking an example further down, say):
@@ -91,6 +103,10 @@ function announce(text) {
 
 // ---- models ---------------------------------------------------------------------------------
 
+const MODELS_RETRY_MS = 5000;
+
+// Also called again while no model is available (the gateway or model server still starting), so
+// the header turns green without a reload.
 async function loadModels() {
   let models;
   try {
@@ -99,12 +115,18 @@ async function loadModels() {
     models = (await response.json()).models || [];
   } catch (err) {
     setServiceStatus("down", `Models unavailable (${err.message})`);
+    setTimeout(loadModels, MODELS_RETRY_MS);
     return;
   }
   renderModelChoice(models);
   const ready = models.filter((m) => m.state === "AVAILABLE");
+  if (ready.length === 0) setTimeout(loadModels, MODELS_RETRY_MS);
   if (models.length === 0) {
     setServiceStatus("down", "No models served");
+  } else if (ready.length === 0) {
+    setServiceStatus("down", models.length === 1
+      ? `${models[0].name}: ${models[0].state.toLowerCase().replace(/_/g, " ")}`
+      : "No model available");
   } else if (ready.length === models.length) {
     setServiceStatus("ready", models.length === 1
       ? `${models[0].name} v${models[0].version} ready`
@@ -122,11 +144,15 @@ function setServiceStatus(kind, text) {
 // The selector only appears when there is a choice to make. Its first entry sends requests to
 // /v1/classify, so the server keeps deciding what "the default model" is.
 function renderModelChoice(models) {
+  const chosen = ui.model.value;
   ui.model.replaceChildren(new Option("Default", ""));
   for (const m of models) {
-    const stateNote = m.state && m.state !== "AVAILABLE" ? ` (${m.state.toLowerCase()})` : "";
-    ui.model.append(new Option(`${m.name} v${m.version}${stateNote}`, m.name));
+    const version = Number(m.version) > 0 ? ` v${m.version}` : "";
+    const stateNote = m.state && m.state !== "AVAILABLE"
+      ? ` (${m.state.toLowerCase().replace(/_/g, " ")})` : "";
+    ui.model.append(new Option(`${m.name}${version}${stateNote}`, m.name));
   }
+  if (models.some((m) => m.name === chosen)) ui.model.value = chosen;
   show(ui.modelField, models.length > 1);
 }
 
@@ -144,7 +170,7 @@ async function loadExamples() {
     console.info("no example gallery:", err.message);
     return;
   }
-  ui.exampleList.replaceChildren(...examples.map(exampleButton));
+  ui.exampleList.replaceChildren(...examples.map(renderExample));
   show(ui.examples, examples.length > 0);
 }
 
@@ -153,7 +179,7 @@ function exampleTitle(name) {
   return stem.replace(/[-_]+/g, " ").trim();
 }
 
-function exampleButton(example) {
+function renderExample(example) {
   const title = exampleTitle(example.name);
   const item = document.createElement("li");
   const button = document.createElement("button");
@@ -172,23 +198,31 @@ function exampleButton(example) {
   caption.textContent = title;
   caption.setAttribute("aria-hidden", "true");
   button.append(img, caption);
-  button.addEventListener("click", () => classifyExample(example, title));
+  button.addEventListener("click", () => classifyExample(example, title, button));
   item.append(button);
   return item;
 }
 
-async function classifyExample(example, title) {
+async function classifyExample(example, title, button) {
   try {
     const response = await fetch(example.url);
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     const blob = await response.blob();
-    classify(blob, example.name.split("/").pop() || title);
+    classify(blob, example.name.split("/").pop() || title, button);
   } catch (err) {
     showProblem({
       title: "The example could not be loaded",
       message: `${example.url}: ${err.message}`,
     });
   }
+}
+
+// The example on screen, if any, is marked (aria-current) so it stays recognisable in the gallery.
+function markCurrentExample(button) {
+  for (const other of ui.exampleList.querySelectorAll("[aria-current]")) {
+    other.removeAttribute("aria-current");
+  }
+  button?.setAttribute("aria-current", "true");
 }
 
 // Tiny images (Fashion-MNIST is 28x28) are scaled up without blurring.
@@ -239,7 +273,10 @@ function wireInputs() {
     classify(file, file.name || "pasted image");
   });
 
-  const again = () => state.current && classify(state.current.blob, state.current.name);
+  const again = () => {
+    const { blob, name, source } = state.current || {};
+    if (blob) classify(blob, name, source);
+  };
   ui.model.addEventListener("change", again);
   ui.topK.addEventListener("change", again);
 }
@@ -273,13 +310,15 @@ function classifyUrl() {
   return `${path}?top_k=${encodeURIComponent(ui.topK.value)}`;
 }
 
-async function classify(blob, name) {
+// `source` is the gallery button the image came from, if any.
+async function classify(blob, name, source = null) {
   state.inFlight?.abort(); // only the latest image's answer may reach the screen
   const controller = new AbortController();
   state.inFlight = controller;
-  state.current = { blob, name };
+  state.current = { blob, name, source };
+  markCurrentExample(source);
   showPreview(blob, name);
-  setPanel("busy");
+  setBusy();
 
   const form = new FormData();
   form.append("image", blob, name);
@@ -334,7 +373,7 @@ function showOutcome(answer, timing) {
   ui.decisionLabel.textContent = answer.label;
   ui.decisionBadge.textContent = confident ? "Decision" : "No decision";
   if (confident) {
-    ui.decisionNote.textContent = top ? `${percent(top.score)} score` : "";
+    ui.decisionNote.textContent = top ? `Score ${percent(top.score)}` : "";
   } else if (top) {
     ui.decisionNote.textContent =
       `The scores do not pass the model's thresholds. Best guess: ${top.label} (${percent(top.score)}).`;
@@ -347,7 +386,8 @@ function showOutcome(answer, timing) {
   ui.metaModel.textContent = `${answer.model} v${answer.model_version}`;
   ui.metaLatency.textContent = `${Math.round(timing.elapsed)} ms`;
   const server = describeServerTiming(timing.serverTiming);
-  ui.metaServer.textContent = server;
+  ui.metaServer.textContent = server?.total ?? "";
+  ui.metaStages.textContent = server?.stages ?? "";
   show(ui.metaServerRow, Boolean(server));
 
   setPanel("outcome");
@@ -382,20 +422,23 @@ function barRow(prediction, chosen) {
   return row;
 }
 
-// Server-Timing: "total;dur=12.3, decode;dur=1.1, predict;dur=9.8" (any metric names).
+// Server-Timing: "decode;dur=0.8, queue_wait;dur=2.3, predict;dur=4.2" (any metric names). The
+// server's time is its `total` metric when it sends one, else the sum of its stages.
 function describeServerTiming(header) {
-  if (!header) return "";
+  if (!header) return null;
   const metrics = header.split(",").map((entry) => {
     const [name, ...params] = entry.trim().split(";");
     const dur = params.map((p) => p.trim()).find((p) => p.startsWith("dur="));
-    return { name: name.trim(), dur: dur ? Number(dur.slice(4)) : NaN };
+    return { name: name.trim().replace(/_/g, " "), dur: dur ? Number(dur.slice(4)) : NaN };
   }).filter((m) => m.name && Number.isFinite(m.dur));
-  if (metrics.length === 0) return "";
+  if (metrics.length === 0) return null;
   const total = metrics.find((m) => m.name === "total");
-  const parts = metrics.filter((m) => m !== total).map((m) => `${m.name} ${m.dur.toFixed(1)}`);
-  const head = total ? `${total.dur.toFixed(1)} ms` : "";
-  const tail = parts.length ? `${parts.join(" · ")} ms` : "";
-  return head && tail ? `${head} (${tail})` : head || tail;
+  const stages = metrics.filter((m) => m !== total);
+  const sum = total ? total.dur : stages.reduce((acc, m) => acc + m.dur, 0);
+  return {
+    total: `${sum.toFixed(1)} ms`,
+    stages: stages.length ? `${stages.map((m) => `${m.name} ${m.dur.toFixed(1)}`).join(" · ")} ms` : "",
+  };
 }
 
 function showHttpError(response, body, name) {
@@ -409,15 +452,13 @@ function showHttpError(response, body, name) {
       `HTTP ${response.status}${error.code ? ` ${error.code}` : ""}`,
       requestId ? `Request id: ${requestId}` : "",
     ].filter(Boolean).join(" · "),
-    requestId,
   });
 }
 
-function showProblem({ title, message, detail = "", requestId = "" }) {
+function showProblem({ title, message, detail = "" }) {
   ui.problemTitle.textContent = title;
   ui.problemMessage.textContent = message;
   ui.problemDetail.textContent = detail;
-  ui.problem.dataset.requestId = requestId;
   setPanel("problem");
   // role="alert" on the panel announces it; the polite region is cleared so it does not repeat.
   announce("");

@@ -1,0 +1,136 @@
+"""`python -m training`: the command line in front of training.pipeline.
+
+Problems a user can fix (missing data set, bad folder, unusable --weights) end as one
+`error: ...` line on stderr and exit code 2, like a bad flag; a failed export verification exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from training.profiles import DEFAULT_PROFILE, PROFILES
+from training.quiet import import_tensorflow_quietly
+
+
+def _epilog(backbones: dict, debian_dir: Path, debian_package: str) -> str:
+    return f"""
+profiles (explicit flags override them):
+{chr(10).join(f"  {p.name:<6} {p.summary}: --epochs {p.epochs} --batch-size {p.batch_size} "
+              f"--limit {p.limit or 'all'} --learning-rate {p.learning_rate:g}" for p in PROFILES.values())}
+
+data sets:
+  fashion_mnist  the idx files of the Debian package {debian_package} in {debian_dir}
+                 (--data-dir overrides); 10 classes, 28x28 grey; the 10,000 test images give
+                 the final accuracy, 10% of the training images (at most 5,000) validate
+  folder         --data-dir DIR holding DIR/<class>/*.jpg|png (10% of each class held out for
+                 validation) or DIR/train/<class>/... with DIR/val/<class>/... (and optionally
+                 DIR/test/<class>/... for the final accuracy; otherwise val is used)
+
+backbones:
+{chr(10).join(f"  {b.name:<14} {b.summary}" for b in backbones.values())}
+
+output:
+  <models-dir>/<model-name>/<version>/  a SavedModel (next free version number), written
+      atomically with signatures serving_default (uint8 images) and image_bytes (encoded
+      JPEG/PNG), outputs scores and classes, and TF Serving warm-up requests
+  <report-dir>/  report.md, report.json, curves.png, confusion.png, model.weights.h5
+"""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+ALL = "all"
+
+
+def _limit(text: str) -> int | str:
+    return ALL if text == ALL else _positive_int(text)
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # The registries import TensorFlow, so they are imported here rather than with the module.
+    from training.backbones import BACKBONES
+    from training.datasets import DATASETS
+    from training.datasets.fashion_mnist import DEBIAN_DIR, DEBIAN_PACKAGE
+
+    parser = argparse.ArgumentParser(
+        prog="python -m training", formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_epilog(BACKBONES, DEBIAN_DIR, DEBIAN_PACKAGE),
+        description="Train an image classifier and export it as a versioned SavedModel for TF Serving, "
+                    "with a training report.")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default=DEFAULT_PROFILE,
+                        help=f"set of defaults for epochs, batch size, limit and schedule (default {DEFAULT_PROFILE})")
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="fashion_mnist",
+                        help="where the images come from (default fashion_mnist)")
+    parser.add_argument("--data-dir", type=Path, metavar="DIR",
+                        help=f"data location (default for fashion_mnist: {DEBIAN_DIR}; required for folder)")
+    parser.add_argument("--backbone", choices=sorted(BACKBONES), default="small_cnn",
+                        help="model architecture (default small_cnn)")
+    parser.add_argument("--weights", metavar="{imagenet,none,PATH}",
+                        help="starting weights: a named pre-trained set (imagenet, for backbones that have "
+                             "one), none (random), or a .weights.h5 file from an earlier report "
+                             "(default: the backbone's own, none for small_cnn)")
+    parser.add_argument("--epochs", type=_positive_int, metavar="N", help="passes over the training images")
+    parser.add_argument("--batch-size", type=_positive_int, metavar="N", help="images per training step")
+    parser.add_argument("--limit", type=_limit, metavar="N",
+                        help="use only N training images (validation slice included), or 'all'")
+    parser.add_argument("--learning-rate", type=_positive_float, metavar="LR",
+                        help="peak learning rate of the one-cycle schedule (AdamW)")
+    parser.add_argument("--seed", type=int, default=42, metavar="N",
+                        help="seed for the data split, shuffling, augmentation and initial weights (default 42)")
+    parser.add_argument("--model-name", default="fashion", metavar="NAME",
+                        help="the model's name: exported to <models-dir>/NAME/ (default fashion)")
+    parser.add_argument("--models-dir", type=Path, default=Path("models"), metavar="DIR",
+                        help="model base directory, as served (default models)")
+    parser.add_argument("--report-dir", type=Path, metavar="DIR",
+                        help="where the training report goes (default "
+                             "reports/training/<model-name>-v<version>-<timestamp>/)")
+    return parser
+
+
+def options_from(args: argparse.Namespace):
+    """Merge the chosen profile's defaults with the flags that were given."""
+    from training.pipeline import Options
+
+    profile = PROFILES[args.profile]
+
+    def pick(value, default):
+        return default if value is None else value
+
+    return Options(
+        dataset=args.dataset, data_dir=args.data_dir, backbone=args.backbone, weights=args.weights,
+        epochs=pick(args.epochs, profile.epochs), batch_size=pick(args.batch_size, profile.batch_size),
+        limit=None if args.limit == ALL else pick(args.limit, profile.limit),
+        seed=args.seed, learning_rate=pick(args.learning_rate, profile.learning_rate),
+        warmup_fraction=profile.warmup_fraction, model_name=args.model_name, models_dir=args.models_dir,
+        report_dir=args.report_dir, profile=profile.name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import_tensorflow_quietly()  # before anything imports it, so an error really is one line
+    args = build_parser().parse_args(argv)
+    from training import pipeline
+    from training.errors import ExportError, TrainingError
+
+    try:
+        pipeline.run(options_from(args), echo=lambda line: print(line, flush=True))
+    except TrainingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ExportError as exc:
+        print(f"error: export failed, nothing was written: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,151 @@
+"""Exporting a trained model as `models/<name>/<version>/`, the way CONTRACT §3 describes.
+
+The SavedModel wraps the Keras model in two signatures:
+
+* `serving_default`: `images` uint8 `[batch, H, W, C]` -> `scores` float32 `[batch, K]`
+  (probabilities) and `classes` string `[batch, K]` (the label of each column).
+* `image_bytes`: `image_bytes` string `[batch]` (encoded JPEG/PNG), decoded, converted to the
+  model's channels and resized in the graph (training.imaging), then the same path as above.
+
+The only thing added in front of the model is the uint8 -> float32 cast; scaling lives in the
+model. Writing is atomic: save to a hidden temporary directory beside the target, add the warm-up
+records, reload and compare with the in-memory model, and only then rename it to `<version>/`.
+TF Serving ignores directories whose names are not numbers, so it never sees the temporary one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from training import warmup
+from training.errors import ExportError
+from training.imaging import InputSpec, decode_to_input
+
+PIXELS_SIGNATURE = "serving_default"
+BYTES_SIGNATURE = "image_bytes"
+TOLERANCE = 1e-5  # max abs difference in scores between reloaded and in-memory model
+
+
+class ServingModule(tf.Module):
+    """What gets saved: the Keras model, its labels and the two signature functions."""
+
+    def __init__(self, model: keras.Model, labels: list[str], spec: InputSpec):
+        super().__init__()
+        # A fresh copy holding only the weights: the trained model also tracks its optimiser
+        # state, which would triple the SavedModel's size and serve no request.
+        self.model = keras.models.clone_model(model)
+        self.model.set_weights(model.get_weights())
+        self.spec = spec
+        self.labels = tf.constant(labels, dtype=tf.string)
+        self.predict_pixels = tf.function(
+            self._predict_pixels,
+            input_signature=[tf.TensorSpec(shape=[None, *spec.shape], dtype=tf.uint8, name="images")])
+        self.predict_bytes = tf.function(
+            self._predict_bytes,
+            input_signature=[tf.TensorSpec(shape=[None], dtype=tf.string, name="image_bytes")])
+
+    def _predict_pixels(self, images):
+        scores = self.model(tf.cast(images, tf.float32), training=False)
+        classes = tf.tile(self.labels[tf.newaxis, :], [tf.shape(images)[0], 1])
+        return {"scores": scores, "classes": classes}
+
+    def _predict_bytes(self, image_bytes):
+        images = tf.map_fn(lambda encoded: decode_to_input(encoded, self.spec), image_bytes,
+                           fn_output_signature=tf.TensorSpec(shape=self.spec.shape, dtype=tf.uint8))
+        return self._predict_pixels(images)
+
+    def signatures(self) -> dict:
+        return {PIXELS_SIGNATURE: self.predict_pixels.get_concrete_function(),
+                BYTES_SIGNATURE: self.predict_bytes.get_concrete_function()}
+
+
+def next_version(base: Path) -> int:
+    """One more than the highest numeric version under `base` (1 when there is none)."""
+    versions = [int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit()] if base.is_dir() else []
+    return max(versions, default=0) + 1
+
+
+def _check_signature(loaded, name: str, input_key: str, input_dtype: tf.DType, input_shape: list,
+                     num_classes: int) -> None:
+    if name not in loaded.signatures:
+        raise ExportError(f"signature {name!r} is missing (has {sorted(loaded.signatures)})")
+    fn = loaded.signatures[name]
+    inputs = fn.structured_input_signature[1]
+    if list(inputs) != [input_key] or inputs[input_key].dtype != input_dtype \
+            or inputs[input_key].shape.as_list() != input_shape:
+        raise ExportError(f"signature {name!r} takes {inputs}, expected {input_key} {input_dtype.name} {input_shape}")
+    outputs = fn.structured_outputs
+    expected = {"scores": tf.float32, "classes": tf.string}
+    if set(outputs) != set(expected) or any(outputs[k].dtype != dt or outputs[k].shape.as_list() != [None, num_classes]
+                                            for k, dt in expected.items()):
+        raise ExportError(f"signature {name!r} returns {outputs}, expected scores float32 and classes string "
+                          f"of shape [None, {num_classes}]")
+
+
+def verify_export(export_dir: Path, model: keras.Model, labels: list[str], samples: np.ndarray) -> None:
+    """Reload `export_dir` and prove it serves what `model` computes; raises ExportError if not.
+
+    Checks the signature names, dtypes and shapes; the pixel signature's scores against the
+    in-memory model (within TOLERANCE); the labels in `classes`; that PNG-encoded samples through
+    `image_bytes` give the same top-1; and that every warm-up request runs.
+    """
+    loaded = tf.saved_model.load(str(export_dir))
+    spec_shape = list(samples.shape[1:])
+    _check_signature(loaded, PIXELS_SIGNATURE, "images", tf.uint8, [None, *spec_shape], len(labels))
+    _check_signature(loaded, BYTES_SIGNATURE, "image_bytes", tf.string, [None], len(labels))
+
+    pixels = loaded.signatures[PIXELS_SIGNATURE](images=tf.constant(samples))
+    expected = model(samples.astype(np.float32), training=False)
+    expected = expected.numpy() if hasattr(expected, "numpy") else np.asarray(expected)
+    diff = float(np.max(np.abs(pixels["scores"].numpy() - expected)))
+    if diff > TOLERANCE:
+        raise ExportError(f"reloaded model differs from the trained one: max score difference {diff:.2e}")
+    classes = pixels["classes"].numpy().astype(str)
+    if classes.shape != expected.shape or any(list(row) != list(labels) for row in classes):
+        raise ExportError(f"`classes` output {classes[:1].tolist()} does not match the labels {labels}")
+
+    pngs = tf.stack([tf.io.encode_png(image) for image in samples])
+    by_bytes = loaded.signatures[BYTES_SIGNATURE](image_bytes=pngs)["scores"].numpy()
+    if not np.array_equal(by_bytes.argmax(axis=1), expected.argmax(axis=1)):
+        raise ExportError("`image_bytes` on PNG-encoded samples disagrees with the pixel signature")
+
+    for log in warmup.read_warmup(export_dir):
+        request = log.predict_log.request
+        inputs = {key: tf.constant(tf.make_ndarray(proto)) for key, proto in request.inputs.items()}
+        loaded.signatures[request.model_spec.signature_name](**inputs)
+
+
+def export_model(model: keras.Model, labels: list[str], spec: InputSpec, base: Path, samples: np.ndarray,
+                 *, model_name: str,
+                 verify: Callable[[Path, keras.Model, list[str], np.ndarray], None] = verify_export) -> Path:
+    """Write `model` as the next version under `base` (`<models-dir>/<name>`); returns its path.
+
+    `samples` (uint8 `[n, H, W, C]`, a few real images) feed the warm-up records and the
+    verification. On any failure the temporary directory is removed and no version appears.
+    """
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-export-", dir=base))
+    try:
+        module = ServingModule(model, labels, spec)
+        tf.saved_model.save(module, str(tmp), signatures=module.signatures())
+        warmup.write_warmup(tmp, model_name, samples)
+        verify(tmp, model, labels, samples)
+        while True:  # another exporter may take a number between our look and our rename
+            target = base / str(next_version(base))
+            try:
+                os.rename(tmp, target)
+                return target
+            except OSError:
+                if not target.exists():
+                    raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # best effort: the original error is the one to report
+        raise

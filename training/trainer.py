@@ -1,0 +1,126 @@
+"""Fitting a model on `DataSplits` and measuring it: the training loop and the evaluation.
+
+Keras does the loop; this module feeds it batched, augmented pipelines, sets the optimiser and
+schedule, prints one progress line per epoch and keeps the numbers the report needs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from training.augment import Augmentation
+from training.datasets import DataSplits
+from training.schedule import OneCycle
+
+EVAL_BATCH = 512
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int
+    batch_size: int
+    learning_rate: float  # the peak of the one-cycle schedule
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.15
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    loss: float
+    accuracy: float
+    val_loss: float
+    val_accuracy: float
+    learning_rate: float
+    seconds: float
+
+    def line(self, epochs: int) -> str:
+        return (f"epoch {self.epoch:>2}/{epochs}  loss {self.loss:.4f}  accuracy {self.accuracy:.4f}  "
+                f"val_loss {self.val_loss:.4f}  val_accuracy {self.val_accuracy:.4f}  "
+                f"lr {self.learning_rate:.2e}  {self.seconds:.0f}s")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Evaluation:
+    accuracy: float
+    loss: float
+    count: int
+    confusion: np.ndarray  # [true class, predicted class] counts
+
+    def per_class_accuracy(self) -> list[float]:
+        totals = self.confusion.sum(axis=1)
+        return [float(self.confusion[i, i] / t) if t else float("nan") for i, t in enumerate(totals)]
+
+
+class _EpochLog(keras.callbacks.Callback):
+    """Prints one line per epoch (Keras' own bars are noise in a log file) and keeps the stats."""
+
+    def __init__(self, epochs: int, learning_rate: Callable[[], float], echo: Callable[[str], None]):
+        super().__init__()
+        self.epochs, self.learning_rate, self.echo = epochs, learning_rate, echo
+        self.stats: list[EpochStats] = []
+        self._start = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        stats = EpochStats(epoch=epoch + 1, loss=float(logs["loss"]), accuracy=float(logs["accuracy"]),
+                           val_loss=float(logs["val_loss"]), val_accuracy=float(logs["val_accuracy"]),
+                           learning_rate=self.learning_rate(), seconds=time.monotonic() - self._start)
+        self.stats.append(stats)
+        self.echo(stats.line(self.epochs))
+
+
+def to_model_input(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """uint8 pixels -> float32 pixel values (still 0..255): the models scale inside themselves."""
+    return tf.cast(images, tf.float32), labels
+
+
+def batched(ds: tf.data.Dataset, batch_size: int, augmentation: Augmentation | None = None) -> tf.data.Dataset:
+    ds = ds.batch(batch_size)
+    if augmentation is not None:
+        ds = ds.map(augmentation, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.map(to_model_input, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def train(model: keras.Model, splits: DataSplits, augmentation: Augmentation, config: TrainConfig,
+          echo: Callable[[str], None] = print) -> list[EpochStats]:
+    """Compile and fit `model`; returns the per-epoch statistics (also printed as it goes)."""
+    steps_per_epoch = math.ceil(splits.train_count / config.batch_size)
+    schedule = OneCycle(peak=config.learning_rate, total_steps=config.epochs * steps_per_epoch,
+                        warmup_fraction=config.warmup_fraction)
+    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
+    optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+    model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(),
+                  metrics=["accuracy"])
+    log = _EpochLog(config.epochs, lambda: float(schedule(optimizer.iterations)), echo)
+    model.fit(batched(splits.train, config.batch_size, augmentation),
+              validation_data=batched(splits.val, EVAL_BATCH),
+              epochs=config.epochs, shuffle=False, verbose=0, callbacks=[log])  # data is shuffled
+    return log.stats
+
+
+def evaluate(model: keras.Model, ds: tf.data.Dataset, num_classes: int) -> Evaluation:
+    """Accuracy, cross-entropy and confusion matrix of `model` over the unbatched split `ds`."""
+    probabilities, truth = [], []
+    for images, labels in batched(ds, EVAL_BATCH):
+        probabilities.append(model(images, training=False).numpy())
+        truth.append(labels.numpy())
+    probs, labels = np.concatenate(probabilities), np.concatenate(truth).astype(np.int64)
+    predicted = probs.argmax(axis=1)
+    confusion = np.bincount(labels * num_classes + predicted, minlength=num_classes ** 2)
+    loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0))))
+    return Evaluation(accuracy=float((predicted == labels).mean()), loss=loss, count=len(labels),
+                      confusion=confusion.reshape(num_classes, num_classes))
