@@ -11,12 +11,25 @@ PROTO_SRC := $(shell find protos -name '*.proto' | sort)
 # make loadtest HOST=http://host:8080 targets a running gateway instead of starting one.
 HOST ?=
 
-.PHONY: help install up demo test check protos train train-full k8s-check loadtest bench clean
+.PHONY: help install system-deps up demo test check protos train train-full k8s-check loadtest bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-install: $(STAMP) ## create .venv with the pinned dependencies (idempotent)
+install: $(STAMP) system-deps ## create .venv with the pinned dependencies (idempotent)
+
+# Debian packages: the Fashion-MNIST data set and Chromium for the browser test. Installed only
+# when running as root and missing; otherwise the tests that need them say what to install.
+system-deps:
+	@need=""; \
+	test -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz || need="$$need dataset-fashion-mnist"; \
+	command -v chromium >/dev/null || need="$$need chromium"; \
+	if [ -n "$$need" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "apt-get install$$need"; apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need >/dev/null; \
+	  else echo "note: missing Debian packages:$$need (sudo apt-get install$$need)"; fi; \
+	fi
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11" >&2; exit 1; }

@@ -107,7 +107,10 @@ class Backend:
     # -- what the gateway asks -------------------------------------------------------------
 
     async def model_status(self, name: str) -> list[VersionState]:
-        response = await self._call("GetModelStatus", self._models.GetModelStatus, status_request(name), name)
+        """Versions and states. Not held back by an open circuit: the registry's periodic status
+        check is what notices a recovered model server, and its success closes the circuit."""
+        response = await self._call("GetModelStatus", self._models.GetModelStatus, status_request(name), name,
+                                    probe=True)
         return parse_status(response)
 
     async def signature(self, name: str, version: int) -> Signature:
@@ -140,7 +143,7 @@ class Backend:
     # -- one call, with deadline, circuit breaker, retry budget and error translation -------
 
     async def _call(self, method: str, rpc, request, model: str, *, deadline: float | None = None,
-                    retry: bool = False, pinned: bool = False):
+                    retry: bool = False, pinned: bool = False, probe: bool = False):
         loop = asyncio.get_running_loop()
         if deadline is None:
             deadline = loop.time() + self._call_timeout
@@ -149,7 +152,7 @@ class Backend:
             timeout = deadline - loop.time()
             if timeout <= 0:
                 raise DeadlineExceeded("the deadline passed before the model server answered")
-            if not self._circuit.allow():
+            if not probe and not self._circuit.allow():
                 raise Unavailable(f"the model server is failing; retry in {self._circuit.retry_after():.1f} s")
             started = time.perf_counter()
             try:
@@ -166,7 +169,9 @@ class Backend:
                     self._metrics.backend_retries.labels(method).inc()
                     log.info("retrying %s for model %s after UNAVAILABLE", method, model)
                     continue
-                raise self._translate(err, method, model, pinned) from None
+                log.log(logging.DEBUG if probe else logging.WARNING, "model server %s: %s for model %s: %s: %s",
+                        self.target, method, model, code.name, err.details())
+                raise self._translate(err, model, pinned) from None
             self._record(method, "OK", started)
             self._circuit.record_success()
             return response
@@ -175,9 +180,10 @@ class Backend:
         self._metrics.backend_requests.labels(method, code).inc()
         self._metrics.backend_seconds.labels(method).observe(time.perf_counter() - started)
 
-    def _translate(self, err: grpc.aio.AioRpcError, method: str, model: str, pinned: bool) -> GatewayError:
-        code, details = err.code(), err.details()
-        log.warning("model server %s %s for model %s: %s: %s", self.target, method, model, code.name, details)
+    @staticmethod
+    def _translate(err: grpc.aio.AioRpcError, model: str, pinned: bool) -> GatewayError:
+        """The client-facing error for a failed call (the details stay in the log)."""
+        code = err.code()
         if code is grpc.StatusCode.DEADLINE_EXCEEDED:
             return DeadlineExceeded("the deadline passed while waiting for the model server")
         if code is grpc.StatusCode.RESOURCE_EXHAUSTED:

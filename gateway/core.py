@@ -42,6 +42,13 @@ class Classification:
 
 
 @dataclass(frozen=True)
+class Readiness:
+    ready: bool                 # the default model is AVAILABLE and the gateway is not draining
+    draining: bool
+    models: dict[str, str]      # model -> state
+
+
+@dataclass(frozen=True)
 class ModelStatus:
     name: str
     version: int
@@ -72,9 +79,9 @@ class ClassifierService:
 
     # -- what the transports call -----------------------------------------------------------
 
-    @property
-    def ready(self) -> bool:
-        return self._registry.ready
+    def readiness(self) -> Readiness:
+        return Readiness(self._registry.ready, self._registry.draining,
+                         {e.name: e.state for e in self._registry.entries()})
 
     def resolve_model(self, model: str) -> str:
         """The model a request means ("" = the default); ModelNotFound for one not fronted here."""

@@ -131,10 +131,6 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
             finish_request(record, self._metrics)
 
 
-def _stream_window(settings: Settings) -> int:
-    return max(1, settings.max_batch_size)
-
-
 async def create_grpc_server(settings: Settings, service: ClassifierService, registry: ModelRegistry,
                              metrics: Metrics) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """The gRPC server, bound (not started): returns it with its port and the health servicer."""
@@ -144,7 +140,7 @@ async def create_grpc_server(settings: Settings, service: ClassifierService, reg
         ("grpc.so_reuseport", 0),
     ])
     pb_grpc.add_ClassifierServicer_to_server(
-        ClassifierServicer(service, metrics, _stream_window(settings)), server)
+        ClassifierServicer(service, metrics, stream_window=settings.max_batch_size), server)
 
     health_servicer = health.aio.HealthServicer()
     for name in HEALTH_SERVICES:

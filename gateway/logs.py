@@ -16,7 +16,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from gateway.metrics import UNKNOWN_MODEL, Metrics
+from gateway.metrics import Metrics
 
 REQUEST_LOGGER = "gateway.requests"
 REQUEST_ID_HEADER = "x-request-id"
@@ -76,7 +76,7 @@ class RequestRecord:
     request_id: str
     transport: str          # grpc | http
     route: str              # RPC name or route template
-    model: str = ""
+    model: str = ""         # only a name the gateway fronts ("" otherwise): a bounded metric label
     version: int = 0
     status: str = "OK"      # gRPC: the status code name; HTTP: the status code
     images: int = 0
@@ -95,8 +95,7 @@ def finish_request(record: RequestRecord, metrics: Metrics) -> None:
     (Per-stage histograms are observed per image by the core, where the stages happen.)
     """
     record.seconds = time.perf_counter() - record.started
-    model = record.model or UNKNOWN_MODEL
-    metrics.observe_request(record.transport, record.route, model, record.status, record.seconds)
+    metrics.observe_request(record.transport, record.route, record.model, record.status, record.seconds)
     fields = {
         "event": "request", "request_id": record.request_id, "transport": record.transport,
         "route": record.route, "model": record.model, "version": record.version,

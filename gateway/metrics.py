@@ -2,7 +2,8 @@
 
 One `Metrics` object per process, holding its own registry (so tests and embedded uses never
 collide in the client library's global one). Label values are bounded: model labels are only
-names the gateway fronts ("unknown" otherwise), routes are templates, statuses are gRPC code names.
+names the gateway fronts ("" for requests without one, or naming an unknown one), routes are
+templates, statuses are gRPC code names (gRPC) or HTTP status codes (REST).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.
                    1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 STAGES = ("decode", "queue_wait", "predict", "decide")
-UNKNOWN_MODEL = "unknown"
 
 
 class Metrics:

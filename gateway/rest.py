@@ -26,7 +26,6 @@ from gateway.core import ClassifierService, ClassifyInput
 from gateway.errors import TABLE, ErrorKind, GatewayError, InternalError, InvalidArgument, TooLarge
 from gateway.logs import REQUEST_ID_HEADER, RequestRecord, finish_request, request_id
 from gateway.metrics import Metrics
-from gateway.registry import ModelRegistry
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -127,8 +126,8 @@ _TOP_K = Query(0, description="how many predictions to return; 0 means the confi
 
 # -- the app ------------------------------------------------------------------------------------
 
-def create_app(settings: Settings, service: ClassifierService, registry: ModelRegistry,
-               metrics: Metrics, static_dir: Path = STATIC_DIR) -> FastAPI:
+def create_app(settings: Settings, service: ClassifierService, metrics: Metrics,
+               static_dir: Path = STATIC_DIR) -> FastAPI:
     app = FastAPI(
         title="Image classifier gateway",
         description="Classify images with the models behind this gateway. The same API is served over "
@@ -180,9 +179,9 @@ def create_app(settings: Settings, service: ClassifierService, registry: ModelRe
     @app.get("/readyz", summary="Readiness: 200 when the default model is available, 503 otherwise "
                                 "(and while draining)")
     async def readyz() -> JSONResponse:
-        body = {"ready": registry.ready, "draining": registry.draining,
-                "models": {e.name: e.state for e in registry.entries()}}
-        return JSONResponse(body, status_code=200 if registry.ready else 503)
+        readiness = service.readiness()
+        body = {"ready": readiness.ready, "draining": readiness.draining, "models": readiness.models}
+        return JSONResponse(body, status_code=200 if readiness.ready else 503)
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
     async def prometheus_metrics() -> Response:
@@ -196,8 +195,9 @@ def create_app(settings: Settings, service: ClassifierService, registry: ModelRe
             return FileResponse(page, media_type="text/html")
         return PlainTextResponse(PLACEHOLDER_PAGE)
 
-    app.mount("/static", StaticFiles(directory=static_dir, check_dir=False), name="static")
-    app.mount("/examples", StaticFiles(directory=settings.examples_dir, check_dir=False), name="examples")
+    for prefix, folder in (("/static", static_dir), ("/examples", settings.examples_dir)):
+        if folder.is_dir():  # a missing folder means 404s, not errors
+            app.mount(prefix, StaticFiles(directory=folder), name=prefix.strip("/"))
     return app
 
 
@@ -323,7 +323,8 @@ class RequestRecordMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             self.metrics.inflight.labels("http").dec()
-            route = scope.get("route")
-            record.route = f"{scope['method']} {getattr(route, 'path', None) or 'unmatched'}"
+            # The route template (bounded label values); a mount (static files) by its prefix.
+            template = getattr(scope.get("route"), "path", None) or scope.get("root_path") or "unmatched"
+            record.route = f"{scope['method']} {template}"
             record.status = str(status)
             finish_request(record, self.metrics)

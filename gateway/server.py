@@ -98,7 +98,7 @@ async def serve(settings: Settings) -> int:
         decoder.close()
         return 1
     http_server = _EmbeddedUvicorn(uvicorn.Config(
-        create_app(settings, service, registry, metrics), lifespan="off", log_config=None,
+        create_app(settings, service, metrics), lifespan="off", log_config=None,
         access_log=False, server_header=False, timeout_graceful_shutdown=settings.shutdown_grace_seconds))
 
     stop = asyncio.Event()

@@ -44,13 +44,16 @@ import psutil
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway import tensors
 from gateway.backend import SIGNATURE, parse_signature
 from gateway.decode import DecodeLimits, InputSpec, decode_image
-from gateway.wire import apis, apis_grpc, tensor as tensor_pb2
-from gateway import tensors
+from gateway.errors import GatewayError
+from gateway.wire import apis, apis_grpc
+from gateway.wire import tensor as tensor_pb2
 from loadtest import bench_report, machine
-from loadtest.bench_report import (BATCH, CPU_GATEWAY, CPU_MODEL_SERVER, DecodeRate, SERIES_BATCH, SERIES_DIRECT_BYTES, SERIES_DIRECT_PIXELS,
-                                   SERIES_GATEWAY_OFF, SERIES_GATEWAY_ON, SERIES_TRIVIAL)
+from loadtest.bench_report import (BATCH, CPU_GATEWAY, CPU_MODEL_SERVER, SERIES_BATCH, SERIES_DIRECT_BYTES,
+                                   SERIES_DIRECT_PIXELS, SERIES_GATEWAY_OFF, SERIES_GATEWAY_ON, SERIES_TRIVIAL,
+                                   DecodeRate)
 from loadtest.images import ImagePool, synthetic_photo
 from loadtest.loadgen import LoadGenerator, Sample, Workload
 from tools import stack
@@ -270,6 +273,61 @@ def progress(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def pixel_workload(server: stack.ModelServer, facts: ModelFacts, pixels: list[bytes], batch: int = 1) -> Workload:
+    """Predict on `serving_default` with uint8 rows decoded by the client."""
+    return Workload("predict_pixels", server.grpc_target, tuple(pixels), facts.name, batch=batch,
+                    input_shape=(facts.spec.height, facts.spec.width, facts.spec.channels),
+                    signature=SIGNATURE, input_name=facts.input_name, output_filter=(SCORES,))
+
+
+def sweep_plan(server: stack.ModelServer, gateways: dict[str, stack.Gateway], facts: ModelFacts,
+               images: list[bytes], pixels: list[bytes]) -> list[tuple[str, Workload, list]]:
+    """(series, workload, probes) for every line of the sweep, the direct baselines first."""
+    server_cpu = ProcessCpu(CPU_MODEL_SERVER, server.process.proc.pid)
+    plan: list[tuple[str, Workload, list]] = []
+    if facts.image_bytes_input:
+        plan.append((SERIES_DIRECT_BYTES, Workload(
+            "predict_bytes", server.grpc_target, tuple(images), facts.name, signature=IMAGE_BYTES_SIGNATURE,
+            input_name=facts.image_bytes_input, output_filter=(SCORES,)), [server_cpu]))
+    plan.append((SERIES_DIRECT_PIXELS, pixel_workload(server, facts, pixels), [server_cpu]))
+    for series in (SERIES_GATEWAY_ON, SERIES_GATEWAY_OFF):
+        gw = gateways[series]
+        plan.append((series, Workload("classify", gw.grpc_target, tuple(images)),
+                     [ProcessCpu(CPU_GATEWAY, gw.process.proc.pid), server_cpu, GatewayMetrics(gw.http_url)]))
+    return plan
+
+
+def measure_without_load(result: bench_report.BenchResult, args: argparse.Namespace, facts: ModelFacts,
+                         pixels: list[bytes], report_dir: Path) -> None:
+    """Decode speed, request sizes and the in-process model: no servers involved."""
+    progress("decode+resize of a 640x480 JPEG on one core ...")
+    jpeg, source = photo_640x480()
+    result.decode = decode_rate(jpeg, source, facts.spec, args.seconds)
+    result.request_bytes = {1: request_bytes(facts, pixels[0], 1),
+                            BATCH: request_bytes(facts, b"".join(pixels), BATCH)}
+    progress(f"the signature in-process at batch {BATCH} (a TensorFlow child process) ...")
+    result.inprocess = inprocess_rate(args.models_dir / facts.name / str(facts.version), facts,
+                                      b"".join(pixels), args.seconds, report_dir)
+
+
+def measure_under_load(result: bench_report.BenchResult, args: argparse.Namespace, server: stack.ModelServer,
+                       gateways: dict[str, stack.Gateway], facts: ModelFacts, images: list[bytes],
+                       pixels: list[bytes]) -> None:
+    """The trivial-endpoint check, the sweep, and the model server at batch 32."""
+    gw_on = gateways[SERIES_GATEWAY_ON]
+    with LoadGenerator(args.processes, warmup_s=args.warmup, seconds=args.seconds) as gen:
+        progress(f"load generator on a trivial endpoint, {max(args.levels)} in flight ...")
+        result.trivial = gen.measure(SERIES_TRIVIAL, Workload("health", gw_on.grpc_target), max(args.levels),
+                                     [ProcessCpu(CPU_GATEWAY, gw_on.process.proc.pid)])
+        for series, work, probes in sweep_plan(server, gateways, facts, images, pixels):
+            for level in args.levels:
+                progress(f"{series}: {level} in flight ...")
+                result.samples.append(gen.measure(series, work, level, probes))
+        progress(f"model server Predict at batch {BATCH}, one call in flight ...")
+        result.batch_server = gen.measure(SERIES_BATCH, pixel_workload(server, facts, pixels, BATCH), 1,
+                                          [ProcessCpu(CPU_MODEL_SERVER, server.process.proc.pid)])
+
+
 def run(args: argparse.Namespace, report_dir: Path) -> bench_report.BenchResult:
     result = bench_report.BenchResult(
         started=time.strftime("%Y-%m-%d %H:%M:%S %Z"), machine=machine.describe(),
@@ -281,55 +339,15 @@ def run(args: argparse.Namespace, report_dir: Path) -> bench_report.BenchResult:
     progress("starting the model server and two gateways ...")
     with bench_stack(args, report_dir) as (server, gateways):
         facts = model_facts(server.grpc_target, stack.DEFAULT_MODEL)
-        result.model = facts.describe()
         pixels = [decode_image(data, facts.spec, DecodeLimits()) for data in images]
-        result.images = f"{len(images)} example images ({', '.join(sorted({f'{len(d):,} B' for d in images[:3]}))} ...)"
-        result.rss_before = {name: rss_mib(gw.process.proc.pid) for name, gw in gateways.items()}
-
-        progress("decode+resize of a 640x480 JPEG on one core ...")
-        jpeg, source = photo_640x480()
-        result.decode = decode_rate(jpeg, source, facts.spec, args.seconds)
-        result.request_bytes = {1: request_bytes(facts, pixels[0], 1), BATCH: request_bytes(facts, b"".join(pixels), BATCH)}
-
-        progress(f"the signature in-process at batch {BATCH} (a TensorFlow child process) ...")
-        result.inprocess = inprocess_rate(args.models_dir / facts.name / str(facts.version), facts,
-                                          b"".join(pixels), args.seconds, report_dir)
-
-        gw_on, gw_off = gateways[SERIES_GATEWAY_ON], gateways[SERIES_GATEWAY_OFF]
-        server_cpu = ProcessCpu(CPU_MODEL_SERVER, server.process.proc.pid)
-
-        def through(gw: stack.Gateway) -> list:
-            return [ProcessCpu(CPU_GATEWAY, gw.process.proc.pid), server_cpu, GatewayMetrics(gw.http_url)]
-
-        shape = (facts.spec.height, facts.spec.width, facts.spec.channels)
-        sweeps: list[tuple[str, Workload, list]] = [
-            (SERIES_DIRECT_PIXELS, Workload("predict_pixels", server.grpc_target, tuple(pixels), facts.name,
-                                            input_shape=shape, signature=SIGNATURE, input_name=facts.input_name,
-                                            output_filter=(SCORES,)), [server_cpu]),
-            (SERIES_GATEWAY_ON, Workload("classify", gw_on.grpc_target, tuple(images)), through(gw_on)),
-            (SERIES_GATEWAY_OFF, Workload("classify", gw_off.grpc_target, tuple(images)), through(gw_off)),
-        ]
-        if facts.image_bytes_input:
-            sweeps.insert(0, (SERIES_DIRECT_BYTES, Workload(
-                "predict_bytes", server.grpc_target, tuple(images), facts.name, signature=IMAGE_BYTES_SIGNATURE,
-                input_name=facts.image_bytes_input, output_filter=(SCORES,)), [server_cpu]))
-        else:
+        result.model = facts.describe()
+        result.images = f"{len(images)} small example images, {sum(map(len, images)) // len(images):,} B on average"
+        if not facts.image_bytes_input:
             result.notes.append(f"The model has no `{IMAGE_BYTES_SIGNATURE}` signature: the direct baseline "
                                 "is Predict with uint8 pixels decoded by the client.")
-
-        with LoadGenerator(args.processes, warmup_s=args.warmup, seconds=args.seconds) as gen:
-            progress(f"load generator on a trivial endpoint, {max(args.levels)} in flight ...")
-            result.trivial = gen.measure(SERIES_TRIVIAL, Workload("health", gw_on.grpc_target), max(args.levels),
-                                         [ProcessCpu(CPU_GATEWAY, gw_on.process.proc.pid)])
-            for series, work, probes in sweeps:
-                for level in args.levels:
-                    progress(f"{series}: {level} in flight ...")
-                    result.samples.append(gen.measure(series, work, level, probes))
-            progress(f"model server Predict at batch {BATCH}, one call in flight ...")
-            batch_work = Workload("predict_pixels", server.grpc_target, tuple(pixels), facts.name, batch=BATCH,
-                                  input_shape=shape, signature=SIGNATURE, input_name=facts.input_name,
-                                  output_filter=(SCORES,))
-            result.batch_server = gen.measure(SERIES_BATCH, batch_work, 1, [server_cpu])
+        result.rss_before = {name: rss_mib(gw.process.proc.pid) for name, gw in gateways.items()}
+        measure_without_load(result, args, facts, pixels, report_dir)
+        measure_under_load(result, args, server, gateways, facts, images, pixels)
         result.rss_after = {name: rss_mib(gw.process.proc.pid) for name, gw in gateways.items()}
     result.finished = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     result.load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
@@ -342,8 +360,14 @@ def main(argv: list[str] | None = None) -> int:
     report_dir.mkdir(parents=True, exist_ok=True)
     try:
         result = run(args, report_dir)
-    except stack.StackError as exc:
+    except (stack.StackError, GatewayError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except grpc.RpcError as exc:
+        print(f"error: the model server failed a call: {exc.code().name} {exc.details()}", file=sys.stderr)
+        return 1
+    except psutil.NoSuchProcess:
+        print(f"error: a server exited during the benchmark; see the logs in {report_dir}", file=sys.stderr)
         return 1
     bench_report.write(result, report_dir)
     print((report_dir / "report.md").read_text(encoding="utf-8").split("\n## Sweep")[0])

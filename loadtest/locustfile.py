@@ -90,13 +90,13 @@ class Workload:
     def request(self, img: PoolImage) -> pb.ClassifyRequest:
         return pb.ClassifyRequest(model=self.model, image=img.data, top_k=self.top_k)
 
+    @classmethod
+    def of(cls, environment) -> "Workload":
+        opts = environment.parsed_options
+        return cls(opts, image_pool(opts.large_share))
+
     def catalogue(self, models) -> Catalogue:
         return Catalogue.from_models(models, self.uncertain_label, self.model)
-
-
-def _workload(environment) -> Workload:
-    opts = environment.parsed_options
-    return Workload(opts, image_pool(opts.large_share))
 
 
 class GrpcClassifierUser(GrpcUser):
@@ -107,7 +107,7 @@ class GrpcClassifierUser(GrpcUser):
                        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES))
 
     def __init__(self, environment):
-        self.work = _workload(environment)
+        self.work = Workload.of(environment)
         self.known: Catalogue | None = None
         super().__init__(environment)
 
@@ -160,7 +160,7 @@ class RestClassifierUser(FastHttpUser):
     wait_time = constant(0)
 
     def __init__(self, environment):
-        self.work = _workload(environment)
+        self.work = Workload.of(environment)
         self.known: Catalogue | None = None
         self.network_timeout = self.connection_timeout = self.work.timeout or 3600.0
         super().__init__(environment)

@@ -54,7 +54,7 @@ def stages(history: Iterable[Mapping[str, str]]) -> list[Stage]:
         start = previous_end or group[0]
         end = group[-1]
         previous_end = end
-        if len(group) < MIN_STAGE_SAMPLES:
+        if len(group) < MIN_STAGE_SAMPLES or group[0]["User Count"] == "0":
             continue
         seconds = float(end["Timestamp"]) - float(start["Timestamp"])
         if seconds <= 0:

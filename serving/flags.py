@@ -91,19 +91,19 @@ class HelpRequested(Exception):
     """`--help` was given: print `usage()` and exit."""
 
 
-def _parse_bool(text: str) -> bool:
+def _parse_bool(name: str, text: str) -> bool:
     lowered = text.lower()
     if lowered in ("true", "1"):
         return True
     if lowered in ("false", "0"):
         return False
-    raise ValueError(f"expected true or false, got {text!r}")
+    raise FlagError(f"--{name}={text}: expected true or false")
 
 
 def _convert(name: str, text: str | None) -> Any:
     default = _FIELDS[name].default
     if isinstance(default, bool):
-        return True if text is None else _parse_bool(text)
+        return True if text is None else _parse_bool(name, text)
     if text is None:
         raise FlagError(f"--{name} needs a value: --{name}=VALUE")
     try:

@@ -129,6 +129,7 @@ class ModelManager:
         self._config_lock = asyncio.Lock()
         self._background: set[asyncio.Task] = set()
         self.unload_hooks: list[Callable[[ServableVersion], None]] = []
+        self.config: ModelServerConfig | None = None  # the config last applied
 
     # --- configuration ------------------------------------------------------------------------
 
@@ -141,6 +142,7 @@ class ModelManager:
         async with self._config_lock:
             wanted = {model.name: model for model in config.model_config_list.config}
             self._check_labels(wanted)
+            self.config = config
             new_entries = []
             for name, model_config in wanted.items():
                 entry = self._models.get(name)

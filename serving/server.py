@@ -213,22 +213,22 @@ class ModelServer:
         return asyncio.create_task(self._poll_config_file(core, wait), name="config-poll")
 
     async def _poll_config_file(self, core: ServingCore, wait: float) -> None:
-        current = self.model_config
+        """Re-read --model_config_file; apply it whenever it differs from the config in effect (so,
+        as in TF Serving, a config pushed with HandleReloadConfigRequest is replaced by the file's)."""
+        last_problem = None
         while True:
             await asyncio.sleep(wait)
             try:
                 config = await asyncio.to_thread(configs.model_server_config, self.options)
-            except configs.ConfigError as exc:
-                log.error("Not reloading %s: %s", self.options.model_config_file, exc)
-                continue
-            if config == current:
-                continue
-            log.info("%s changed: reloading the model config", self.options.model_config_file)
-            try:
+                if config == core.manager.config:
+                    continue
+                log.info("Reloading the model config from %s", self.options.model_config_file)
                 await core.reload_config(config)
-                current = config
-            except ServingError as exc:
-                log.error("ReloadConfig failed: %s", exc)
+                last_problem = None
+            except (configs.ConfigError, ServingError) as exc:
+                if str(exc) != last_problem:
+                    log.error("ReloadConfig from %s failed: %s", self.options.model_config_file, exc)
+                last_problem = str(exc)
 
     async def _set_health(self, status) -> None:
         if self._health is None:

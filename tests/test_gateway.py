@@ -26,7 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from PIL import Image
 
-import gateway.generated  # noqa: F401  (classifier.v1 stubs; no TF Serving protos)
+import gateway.generated as _generated_on_path  # noqa: F401  (classifier.v1 stubs; no TF Serving protos)
 from classifier.v1 import classifier_pb2 as pb
 from classifier.v1 import classifier_pb2_grpc as pb_grpc
 from gateway.thresholds import Thresholds, decide
@@ -390,6 +390,54 @@ def test_health_turns_serving_only_once_the_model_is_available(tiny_models_dir, 
         gw.process.stop()
         if server is not None:
             server.process.stop()
+
+
+@pytest.mark.slow
+def test_a_new_model_version_is_picked_up_without_failed_requests(tiny_models_dir, tmp_path, images):
+    import shutil
+
+    base = tmp_path / "fashion"
+    shutil.copytree(tiny_models_dir / "fashion", base)
+    server = stack.start_model_server(model_base_path=base, extra_args=["--file_system_poll_wait_seconds=1"])
+    gw = stack.start_gateway(backend=server.grpc_target, extra_args=["--health-check-interval-seconds=0.5"])
+    try:
+        async def load_until_version_2() -> tuple[int, set[int], list]:
+            answered, versions, failures = 0, set(), []
+            async with grpc.aio.insecure_channel(gw.grpc_target) as channel:
+                aio_stub = pb_grpc.ClassifierStub(channel)
+                swapped_at = None
+
+                async def worker(i: int) -> None:
+                    nonlocal answered, swapped_at
+                    loop = asyncio.get_running_loop()
+                    while swapped_at is None or loop.time() - swapped_at < 1.0:  # and 1 s on v2
+                        try:
+                            answer = await aio_stub.Classify(pb.ClassifyRequest(image=images[i]), timeout=30)
+                        except grpc.RpcError as exc:
+                            failures.append((exc.code(), exc.details()))
+                            continue
+                        answered += 1
+                        versions.add(answer.model_version)
+                        if answer.model_version == 2 and swapped_at is None:
+                            swapped_at = loop.time()
+
+                async def publish_version_2() -> None:
+                    await asyncio.sleep(0.5)  # let the load run on version 1 first
+                    shutil.copytree(base / "1", tmp_path / "staging")  # atomic publish, as training does
+                    (tmp_path / "staging").rename(base / "2")
+
+                await asyncio.wait_for(asyncio.gather(publish_version_2(), *(worker(i) for i in range(8))), 120)
+            return answered, versions, failures
+
+        answered, versions, failures = asyncio.run(load_until_version_2())
+        print(f"\n{answered} requests across the version swap, {len(failures)} failed")
+        assert not failures, failures[:5]
+        assert versions == {1, 2}
+        models = httpx.get(f"{gw.http_url}/v1/models", timeout=10).json()["models"]
+        assert (models[0]["version"], models[0]["state"]) == (2, "AVAILABLE")
+    finally:
+        gw.process.stop()
+        server.process.stop()
 
 
 @pytest.mark.slow

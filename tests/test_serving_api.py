@@ -406,3 +406,19 @@ def test_reload_config_moves_a_label_and_refuses_unavailable_versions(model_stub
     finally:
         original = model_management_pb2.ReloadConfigRequest(config=_model_server_config(models_base))
         model_stub.HandleReloadConfigRequest(original, timeout=60)
+
+
+def test_signatures_run_without_retracing(models_base):
+    """The server's call path (LoadedModel -> Signature) adds no functions for new batch sizes."""
+    from tensorflow.python.eager import context
+
+    from serving.savedmodel import LoadedModel
+
+    signature = LoadedModel.load(models_base / "fashion" / "1", frozenset({"serve"})).signature("serving_default")
+    signature({"images": np.zeros((1, 28, 28, 1), np.uint8)})
+    functions = len(context.context().list_function_names())
+
+    for rows in (2, 7, 32):
+        assert signature({"images": np.zeros((rows, 28, 28, 1), np.uint8)})["scores"].shape[0] == rows
+
+    assert len(context.context().list_function_names()) == functions

@@ -10,6 +10,7 @@ import shutil
 import signal
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Callable
@@ -184,3 +185,34 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(tiny_models_dir, tmp_pat
 def _metrics(srv) -> str:
     with urllib.request.urlopen(f"{srv.rest_url}/monitoring/prometheus/metrics", timeout=10) as resp:
         return resp.read().decode()
+
+
+def test_model_config_file_is_polled_for_new_models(tiny_models_dir, tmp_path):
+    for name in ("fashion", "fashion_b"):
+        shutil.copytree(tiny_models_dir / "fashion" / "1", tmp_path / name / "1")
+    entry = 'config {{ name: "{0}" base_path: "{1}/{0}" model_platform: "tensorflow" }}'
+    config = tmp_path / "models.config"
+    config.write_text(f"model_config_list {{ {entry.format('fashion', tmp_path)} }}")
+    srv = stack.start_model_server(model_config_file=config, models=["fashion"],
+                                   extra_args=["--model_config_file_poll_wait_seconds=1"])
+    try:
+        staging = tmp_path / "models.config.new"
+        staging.write_text(f"model_config_list {{ {entry.format('fashion', tmp_path)} "
+                           f"{entry.format('fashion_b', tmp_path)} }}")
+        staging.rename(config)
+
+        def fashion_b_available() -> bool:
+            try:
+                with urllib.request.urlopen(f"{srv.rest_url}/v1/models/fashion_b", timeout=10) as resp:
+                    return b'"AVAILABLE"' in resp.read()
+            except urllib.error.HTTPError:
+                return False
+
+        _wait_for(fashion_b_available, 120, "the model added to the config file to be AVAILABLE")
+        with grpc.insecure_channel(srv.grpc_target) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            request = _request()
+            request.model_spec.name = "fashion_b"
+            assert stub.Predict(request, timeout=30).model_spec.name == "fashion_b"
+    finally:
+        srv.process.stop()

@@ -39,9 +39,10 @@ class ServingModule(tf.Module):
 
     def __init__(self, model: keras.Model, labels: list[str], spec: InputSpec):
         super().__init__()
-        # A fresh copy holding only the weights: the trained model also tracks its optimiser
-        # state, which would triple the SavedModel's size and serve no request.
-        self.model = keras.models.clone_model(model)
+        # A fresh, uncompiled copy holding only the weights: the trained model also tracks its
+        # optimiser state, which would triple the SavedModel's size and serve no request.
+        # (keras.models.clone_model would re-compile the copy and bring an optimiser back.)
+        self.model = keras.Model.from_config(model.get_config())
         self.model.set_weights(model.get_weights())
         self.spec = spec
         self.labels = tf.constant(labels, dtype=tf.string)

@@ -98,7 +98,7 @@ def run(options: Options, echo: Callable[[str], None] = print) -> Outcome:
         DEFAULT_REPORTS / f"{options.model_name}-v{export_dir.name}-{finished:%Y%m%d-%H%M%S}")
     report_dir.mkdir(parents=True, exist_ok=True)
     model.save_weights(report_dir / "model.weights.h5")
-    settings = {key: str(value) for key, value in asdict(options).items()}
+    settings = {key: str(value) if isinstance(value, Path) else value for key, value in asdict(options).items()}
     page = write_report(report_dir, run={
         "model_name": options.model_name, "version": int(export_dir.name), "export_dir": str(export_dir),
         "saved_model_bytes": size, "data": splits.description, "train_count": splits.train_count,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from training.trainer import EpochStats, Evaluation
 
@@ -25,6 +26,7 @@ def _plot_curves(epochs: list[EpochStats], path: Path) -> None:
         ax.plot(x, [getattr(e, f"val_{metric}") for e in epochs], marker="o", label="validation")
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     fig.savefig(path, dpi=100)
