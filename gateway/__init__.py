@@ -1,0 +1,24 @@
+"""The gateway: classifier.v1 over gRPC and REST in front of a TF Serving model server.
+
+A map of the package (one module, one job):
+
+    server.py        python -m gateway: one asyncio loop running the gRPC and HTTP servers
+    settings.py      the one settings object (flags > GATEWAY_* env > YAML > defaults)
+    grpc_service.py  gRPC transport: classifier.v1 servicer, health, reflection
+    rest.py          REST transport: FastAPI routes, web page, /metrics, /docs
+    converters.py    core results <-> classifier.v1 messages and REST JSON
+    core.py          the transport-free service: decode -> batch -> predict -> decide
+    decode.py        safe image decoding with Pillow, in a bounded thread pool
+    batcher.py       micro-batching of concurrent requests into one Predict
+    thresholds.py    the answer rules: scores -> decision ("not sure" included)
+    registry.py      what is known about each model (version, input, labels), kept current
+    backend.py       the model server client (TF Serving gRPC API, deadlines, error mapping)
+    resilience.py    circuit breaker and retry budget for the backend
+    tensors.py       TensorProto encode/decode without numpy
+    wire.py          the TF Serving wire subset (never in a process with TensorFlow)
+    errors.py        the error kinds and THE table to gRPC codes and HTTP statuses
+    metrics.py       Prometheus metrics;  logs.py: structured logs, one line per request
+    client.py        python -m gateway.client: the command-line client
+
+The gateway never imports TensorFlow: it stays small (idle RSS well under 150 MB).
+"""

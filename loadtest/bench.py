@@ -124,14 +124,18 @@ def model_facts(target: str, name: str) -> ModelFacts:
 
 
 def photo_640x480() -> tuple[bytes, str]:
-    """A 640x480 JPEG: a large example photo scaled down if there is one, else a synthetic photo."""
+    """A 640x480 JPEG: an example photo of that size, else a larger one scaled down, else synthetic."""
     jpegs = [p for p in stack.example_images() if p.suffix.lower() in (".jpg", ".jpeg")]
     for path in jpegs:
         with Image.open(path) as img:
-            if img.width * img.height >= DECODE_SIZE[0] * DECODE_SIZE[1]:
+            if img.size == DECODE_SIZE:
+                return path.read_bytes(), f"examples/{path.relative_to(stack.EXAMPLES_DIR)}"
+    for path in jpegs:
+        with Image.open(path) as img:
+            if img.width * img.height > DECODE_SIZE[0] * DECODE_SIZE[1]:
                 buf = io.BytesIO()
                 img.convert("RGB").resize(DECODE_SIZE).save(buf, "JPEG", quality=90)
-                return buf.getvalue(), f"{path.name} scaled to 640x480"
+                return buf.getvalue(), f"examples/{path.relative_to(stack.EXAMPLES_DIR)} scaled to 640x480"
     return synthetic_photo(*DECODE_SIZE), "synthetic 640x480 photo"
 
 

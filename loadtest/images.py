@@ -1,10 +1,11 @@
 """The images load tests and benchmarks send: real test images plus a share of large photos.
 
-Small images come from `examples/` (Fashion-MNIST PNGs: what the model was trained on). Large
-photos matter because decoding dominates the gateway's CPU cost for them: the pool takes the large
-photos found in `examples/` and, when there are none, makes photo-sized JPEGs in code
-(`synthetic_photo`: gradients plus smooth noise, which compress like a camera picture rather than
-like a flat colour). Which is which is decided from the image header (pixel count), not the name.
+Small images come from `examples/` (Fashion-MNIST PNGs: what the model was trained on). Photos
+matter because decoding dominates the gateway's CPU cost for them: the pool takes the photos in
+`examples/` and, unless one of them is camera-sized already, adds camera-sized JPEGs made in code
+(`synthetic_photo`: gradients plus smooth noise, which compress like a picture rather than like a
+flat colour), because that is what phones upload. Which is which is decided from the image header
+(pixel count), not the file name.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from tools.stack import example_images
 
 log = logging.getLogger(__name__)
 
-LARGE_PIXELS = 1_000_000  # from one megapixel up an image counts as a large photo
-SYNTHETIC_LARGE_SIZES = ((2592, 1944), (1920, 1080))  # 5 MP camera, full-HD frame
+LARGE_PIXELS = 100_000  # from about 320x320 up an image counts as a (large) photo
+CAMERA_PIXELS = 2_000_000  # what a phone camera sends; added synthetically when examples/ has none
+SYNTHETIC_CAMERA_SIZES = ((2592, 1944), (1920, 1080))  # 5 MP camera, full-HD frame
 MIME_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 
 
@@ -93,9 +95,9 @@ class ImagePool:
         if not small:
             log.warning("no small example images found; using synthetic 28x28 noise images")
             small = [load_image(f"synthetic-{i}.png", synthetic_small(i)) for i in range(8)]
-        if not large and large_share > 0:
-            large = [load_image(f"synthetic-{w}x{h}.jpg", synthetic_photo(w, h, seed=i))
-                     for i, (w, h) in enumerate(SYNTHETIC_LARGE_SIZES)]
+        if large_share > 0 and not any(img.width * img.height >= CAMERA_PIXELS for img in large):
+            large += [load_image(f"synthetic-{w}x{h}.jpg", synthetic_photo(w, h, seed=i))
+                      for i, (w, h) in enumerate(SYNTHETIC_CAMERA_SIZES)]
         return cls(small, large, large_share)
 
     def pick(self, rng: random.Random) -> PoolImage:

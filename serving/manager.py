@@ -195,9 +195,7 @@ class ModelManager:
         entry = self._models.get(name)
         entry = entry if entry and entry.active else None
         if label:
-            if entry is None or label not in entry.labels:
-                raise invalid_argument(f"Unrecognized servable version label: {label}")
-            version = entry.labels[label]
+            version = self.label_version(name, label)
         if version is not None:
             serving = entry.versions.get(version) if entry else None
             if serving is None or serving.state != State.AVAILABLE:
@@ -219,6 +217,7 @@ class ModelManager:
             serving.release()
 
     def label_version(self, name: str, label: str) -> int:
+        """The version a label of an active model points at."""
         entry = self._models.get(name)
         if entry is None or not entry.active or label not in entry.labels:
             raise invalid_argument(f"Unrecognized servable version label: {label}")
@@ -236,9 +235,6 @@ class ModelManager:
             raise not_found(f"Could not find any versions of model {name}")
         return [VersionStatus(sv.version, sv.state, sv.error)
                 for sv in sorted(entry.versions.values(), key=lambda sv: sv.version, reverse=True)]
-
-    def models(self) -> list[str]:
-        return sorted(name for name, entry in self._models.items() if entry.active)
 
     # --- lifecycle ----------------------------------------------------------------------------
 

@@ -252,6 +252,9 @@ def test_rest_models_health_readiness_docs_and_page(gateway):
     assert httpx.get(f"{url}/docs", timeout=10).status_code == 200
     page = httpx.get(f"{url}/", timeout=10)
     assert page.status_code == 200 and page.text.strip()
+    examples = httpx.get(f"{url}/v1/examples", timeout=10).json()["examples"]
+    for example in examples:  # relative URLs the page fetches (works behind a path prefix too)
+        assert httpx.get(f"{url}/{example['url']}", timeout=10).status_code == 200, example
 
 
 # -- observability ------------------------------------------------------------------------------------
@@ -375,6 +378,7 @@ def test_health_turns_serving_only_once_the_model_is_available(tiny_models_dir, 
 
         shutil.copytree(tiny_models_dir / "fashion", tmp_path / "fashion")
         server = stack.start_model_server(model_base_path=tmp_path / "fashion", port=port, wait_available=False)
+        server_up = time.monotonic()  # it has logged its ports (the model may still be loading)
         with grpc.insecure_channel(gw.grpc_target) as channel:
             watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=SERVICE), timeout=120)
             for update in watch:
@@ -385,7 +389,8 @@ def test_health_turns_serving_only_once_the_model_is_available(tiny_models_dir, 
                     watch.cancel()
                     break
         assert httpx.get(f"{gw.http_url}/readyz", timeout=10).status_code == 200
-        print(f"\ngateway SERVING {serving_at - started:.1f} s after it started waiting")
+        print(f"\ngateway SERVING {serving_at - server_up:.2f} s after the model server came up")
+        assert serving_at - server_up < 5.0, "the gateway should be ready soon after the model server"
     finally:
         gw.process.stop()
         if server is not None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving import configs, flags
@@ -179,3 +180,30 @@ def test_run_sh_falls_back_to_python_serving_with_the_repository_configs(tiny_mo
     assert ':tensorflow:serving:batching_session:processed_batch_size_sum{thread_pool_name="model_server_batch_threads"} 8.0' in metrics
     assert ':tensorflow:serving:request_count{model_name="fashion",status="OK"} 1.0' in metrics
     assert "tensorflow_model_server not on PATH; running python -m serving" in process.output(400)
+
+
+@pytest.mark.slow
+def test_ssl_config_file_puts_grpc_behind_tls(tiny_models_dir, tmp_path):
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem"), "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost"], check=True, capture_output=True, timeout=60)
+    cert = (tmp_path / "cert.pem").read_text()
+    # As TF Serving takes it: an SSLConfig text proto with the PEM contents inline.
+    (tmp_path / "ssl.config").write_text(f"server_key: {json.dumps((tmp_path / 'key.pem').read_text())}\n"
+                                         f"server_cert: {json.dumps(cert)}\n")
+    shutil.copytree(tiny_models_dir / "fashion", tmp_path / "fashion")
+    srv = stack.start_model_server(model_name="fashion", model_base_path=tmp_path / "fashion",
+                                   extra_args=[f"--ssl_config_file={tmp_path / 'ssl.config'}"])
+    request = get_model_status_pb2.GetModelStatusRequest(model_spec={"name": "fashion"})
+    try:
+        credentials = grpc.ssl_channel_credentials(cert.encode())
+        with grpc.secure_channel(f"localhost:{srv.grpc_port}", credentials) as channel:
+            status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=10)
+        with grpc.insecure_channel(srv.grpc_target) as plaintext:
+            with pytest.raises(grpc.RpcError) as refused:
+                model_service_pb2_grpc.ModelServiceStub(plaintext).GetModelStatus(request, timeout=5)
+    finally:
+        srv.process.stop()
+
+    assert status.model_version_status[0].version == 1
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
