@@ -2,7 +2,7 @@
 batching metrics: concurrent requests coalesce into one model call, a full queue refuses work
 with UNAVAILABLE, a request larger than a batch is split, and results stay those of the model.
 
-Batching parameters: batches of up to 8 rows, a batch waits up to 1 s for company, at most 3
+Batching parameters: batches of up to 8 rows, a batch waits up to 3 s for company, at most 3
 batches wait, one batch runs at a time.
 """
 
@@ -26,7 +26,7 @@ from tools import stack
 ROOT = Path(__file__).resolve().parent.parent
 BATCHING = """
 max_batch_size { value: 8 }
-batch_timeout_micros { value: 1000000 }
+batch_timeout_micros { value: 3000000 }
 max_enqueued_batches { value: 3 }
 num_batch_threads { value: 1 }
 """
@@ -96,7 +96,7 @@ def test_concurrent_requests_are_coalesced_into_one_batch(server, stub, referenc
 
 def test_full_queue_refuses_with_unavailable(server, stub):
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
-        # One row opens a batch that waits (up to 1 s) for company; two full batches queue behind it.
+        # One row opens a batch that waits (up to 3 s) for company; two full batches queue behind it.
         waiting = [pool.submit(stub.Predict, _request(_images(1, 0)), timeout=30)]
         waiting += [pool.submit(stub.Predict, _request(_images(8, n)), timeout=30) for n in (1, 2)]
         _wait_queued(server, tasks=3)

@@ -129,8 +129,11 @@ def test_corrupt_version_is_skipped_and_the_old_one_keeps_serving(server, channe
     (staging / "saved_model.pb").write_bytes(b"\x00 this is not a SavedModel \xff" * 50)
     staging.rename(base / str(corrupt))
 
-    statuses = _wait_for(lambda: (s := _statuses(channel)).get(corrupt, (0,))[0] == END and s, 120,
-                         f"version {corrupt} to fail")
+    def failed() -> dict | None:
+        statuses = _statuses(channel)
+        return statuses if corrupt in statuses and statuses[corrupt][0] == END else None
+
+    statuses = _wait_for(failed, 120, f"version {corrupt} to fail")
 
     state, error_code, message = statuses[corrupt]
     assert error_code != 0 and message
