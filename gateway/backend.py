@@ -80,14 +80,17 @@ class Backend:
     """A client of one model server target (`HOST:PORT` or `dns:///name:port`, round-robin)."""
 
     def __init__(self, target: str, *, metrics: Metrics, circuit: CircuitBreaker, retry_budget: RetryBudget,
-                 call_timeout: float, keepalive_seconds: float, max_message_bytes: int):
+                 call_timeout: float, keepalive_seconds: float, max_message_bytes: int,
+                 credentials: grpc.ChannelCredentials | None = None, tls_server_name: str | None = None):
+        """`credentials`: TLS to the model server (None: plaintext); `tls_server_name`: the name its
+        certificate is checked against when the target's host is not that name."""
         # Must be built inside the running event loop: the aio channel binds to it.
         self.target = target
         self._metrics = metrics
         self._circuit = circuit
         self._budget = retry_budget
         self._call_timeout = call_timeout
-        self._channel = grpc.aio.insecure_channel(target, options=[
+        options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.keepalive_time_ms", int(keepalive_seconds * 1000)),
@@ -97,7 +100,11 @@ class Backend:
             ("grpc.initial_reconnect_backoff_ms", _RECONNECT_BACKOFF_MS[0]),
             ("grpc.min_reconnect_backoff_ms", _RECONNECT_BACKOFF_MS[0]),
             ("grpc.max_reconnect_backoff_ms", _RECONNECT_BACKOFF_MS[1]),
-        ])
+        ]
+        if tls_server_name:
+            options.append(("grpc.ssl_target_name_override", tls_server_name))
+        self._channel = (grpc.aio.insecure_channel(target, options=options) if credentials is None
+                         else grpc.aio.secure_channel(target, credentials, options=options))
         self._predictions = apis_grpc.PredictionServiceStub(self._channel)
         self._models = apis_grpc.ModelServiceStub(self._channel)
 
@@ -155,8 +162,14 @@ class Backend:
             if not probe and not self._circuit.allow():
                 raise Unavailable(f"the model server is failing; retry in {self._circuit.retry_after():.1f} s")
             started = time.perf_counter()
+            self._metrics.backend_inflight.inc()
             try:
                 response = await rpc(request, timeout=timeout)
+            except asyncio.CancelledError:
+                # Whoever waited for this call gave up (deadline, client gone, shutdown): cancelling
+                # the await cancels the RPC on the wire too, so the model server can drop it.
+                self._record(method, "CANCELLED", started)
+                raise
             except grpc.aio.AioRpcError as err:
                 code = err.code()
                 self._record(method, code.name, started)
@@ -172,6 +185,8 @@ class Backend:
                 log.log(logging.DEBUG if probe else logging.WARNING, "model server %s: %s for model %s: %s: %s",
                         self.target, method, model, code.name, err.details())
                 raise self._translate(err, model, pinned) from None
+            finally:
+                self._metrics.backend_inflight.dec()
             self._record(method, "OK", started)
             self._circuit.record_success()
             return response

@@ -21,7 +21,8 @@ class ErrorKind(enum.Enum):
     OVERLOADED = "overloaded"                # bounded queue full
     DEADLINE_EXCEEDED = "deadline_exceeded"
     UNAVAILABLE = "unavailable"              # model server down, model not loaded, circuit open
-    UNAUTHENTICATED = "unauthenticated"
+    UNAUTHENTICATED = "unauthenticated"      # missing or wrong API key (when auth is on)
+    CLIENT_GONE = "client_gone"              # the client hung up: its work is cancelled, nobody reads the answer
     INTERNAL = "internal"                    # a bug: logged with its traceback, never shown
 
 
@@ -34,6 +35,8 @@ TABLE: dict[ErrorKind, tuple[grpc.StatusCode, int]] = {
     ErrorKind.DEADLINE_EXCEEDED: (grpc.StatusCode.DEADLINE_EXCEEDED, 504),
     ErrorKind.UNAVAILABLE: (grpc.StatusCode.UNAVAILABLE, 503),
     ErrorKind.UNAUTHENTICATED: (grpc.StatusCode.UNAUTHENTICATED, 401),
+    # Never seen by a client (it left); 499 as nginx logs it, for the gateway's own log and metrics.
+    ErrorKind.CLIENT_GONE: (grpc.StatusCode.CANCELLED, 499),
     ErrorKind.INTERNAL: (grpc.StatusCode.INTERNAL, 500),
 }
 
@@ -93,6 +96,14 @@ class DeadlineExceeded(GatewayError):
 
 class Unavailable(GatewayError):
     kind = ErrorKind.UNAVAILABLE
+
+
+class Unauthenticated(GatewayError):
+    kind = ErrorKind.UNAUTHENTICATED
+
+
+class ClientGone(GatewayError):
+    kind = ErrorKind.CLIENT_GONE
 
 
 class InternalError(GatewayError):

@@ -8,6 +8,9 @@ initial metadata and, on errors, the trailing metadata.
 `grpc.health.v1.Health` answers NOT_SERVING for "" and "classifier.v1.Classifier" until the
 default model is AVAILABLE at the model server, and again while draining. Server reflection
 lets `grpcurl -plaintext HOST:PORT list` work without the proto files.
+
+Before any handler, grpc_interceptors.py checks the API key (when keys are configured) and
+answers undecodable request messages with INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
@@ -27,12 +30,15 @@ from classifier.v1 import classifier_pb2 as pb
 from classifier.v1 import classifier_pb2_grpc as pb_grpc
 
 from gateway import converters
+from gateway.auth import ApiKeyAuth
 from gateway.core import ClassifierService, ClassifyInput
 from gateway.errors import GatewayError, as_gateway_error
+from gateway.grpc_interceptors import AuthInterceptor, MessageGuard
 from gateway.logs import REQUEST_ID_HEADER, RequestRecord, finish_request, request_id
 from gateway.metrics import Metrics
 from gateway.registry import ModelRegistry
 from gateway.settings import Settings
+from gateway.tls import grpc_server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +138,14 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
 
 
 async def create_grpc_server(settings: Settings, service: ClassifierService, registry: ModelRegistry,
-                             metrics: Metrics) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    """The gRPC server, bound (not started): returns it with its port and the health servicer."""
-    server = grpc.aio.server(options=[
+                             metrics: Metrics, auth: ApiKeyAuth) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """The gRPC server, bound (not started): returns it with its port and the health servicer.
+
+    TLS (and mutual TLS) when the settings name a certificate; TlsConfigError when they name a bad one.
+    """
+    # The first interceptor runs first: a call without a key is refused before its message is looked at.
+    interceptors = ([AuthInterceptor(auth, metrics)] if auth.enabled else []) + [MessageGuard(metrics)]
+    server = grpc.aio.server(interceptors=interceptors, options=[
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
@@ -156,7 +167,9 @@ async def create_grpc_server(settings: Settings, service: ClassifierService, reg
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server)
-    port = server.add_insecure_port(_address(settings.host, settings.grpc_port))
+    address = _address(settings.host, settings.grpc_port)
+    credentials = grpc_server_credentials(settings)
+    port = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"cannot bind gRPC to {settings.host}:{settings.grpc_port}")
     return server, port, health_servicer

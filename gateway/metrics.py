@@ -42,11 +42,15 @@ class Metrics:
         self.decisions = Counter("gateway_decisions", "Decisions by label (including the uncertain one)",
                                  ["model", "label", "confident"], registry=r)
         self.backend_requests = Counter(
-            "gateway_backend_requests", "Calls to the model server by method and gRPC code",
+            "gateway_backend_requests", "Calls to the model server by method and gRPC code (CANCELLED: "
+            "every caller gave up - deadline, client gone, shutdown - and the call was cancelled)",
             ["method", "code"], registry=r)
         self.backend_seconds = Histogram(
             "gateway_backend_request_duration_seconds", "Duration of calls to the model server",
             ["method"], buckets=LATENCY_BUCKETS, registry=r)
+        self.backend_inflight = Gauge(
+            "gateway_backend_inflight_requests", "Calls to the model server in flight now (0 soon after the "
+            "clients waiting for them gave up: their calls are cancelled)", registry=r)
         self.backend_retries = Counter("gateway_backend_retries", "Retried calls to the model server",
                                        ["method"], registry=r)
         self.circuit_state = Gauge("gateway_circuit_state",

@@ -30,6 +30,7 @@ NOT_READY_POLL_SECONDS = 0.2
 UNREACHABLE = "UNAVAILABLE"      # the model server did not answer
 NOT_SERVED = "NOT_FOUND"         # the model server does not know the model
 UNUSABLE = "UNUSABLE"            # served, but its signature or labels do not fit the gateway
+_SHOWN_NAME_CHARS = 64           # an unknown model's name is echoed in the error up to this length
 
 ReadinessListener = Callable[[bool], Awaitable[None]]
 
@@ -79,7 +80,8 @@ class ModelRegistry:
         try:
             return self._entries[name]
         except KeyError:
-            raise ModelNotFound(f"unknown model {name!r}; this gateway serves {', '.join(self._entries)}") from None
+            shown = name if len(name) <= _SHOWN_NAME_CHARS else name[:_SHOWN_NAME_CHARS] + "..."
+            raise ModelNotFound(f"unknown model {shown!r}; this gateway serves {', '.join(self._entries)}") from None
 
     def add_listener(self, listener: ReadinessListener) -> None:
         """`await listener(ready)` runs on every readiness change."""

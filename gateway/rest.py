@@ -2,28 +2,36 @@
 
 Thin, like the gRPC servicer: read the request, call the core, convert the result (converters),
 map errors through the same table (errors.TABLE). Request bodies are read with the size limit
-enforced while reading - a 1 GB upload is refused after `max_body_bytes`, not after arriving.
-Every response carries `x-request-id`; error bodies are `{"error": {"code", "message",
-"request_id"}}`.
+enforced while reading - a 1 GB upload is refused after `max_body_bytes`, not after arriving - and
+within the request's deadline (a client trickling its body gets 504, not a connection held
+forever). A client that hangs up has its classification cancelled, the model server call included,
+as a gRPC client's cancellation does. Every response carries `x-request-id`; error bodies are
+`{"error": {"code", "message", "request_id"}}`. With API keys configured, `ApiKeyMiddleware` runs
+the one check (auth.py) before any route.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, TypeVar
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import converters
+from gateway.auth import AUTHORIZATION, CHALLENGE, ApiKeyAuth
 from gateway.core import ClassifierService, ClassifyInput
-from gateway.errors import TABLE, ErrorKind, GatewayError, InternalError, InvalidArgument, TooLarge
+from gateway.errors import (TABLE, ClientGone, DeadlineExceeded, ErrorKind, GatewayError, InternalError,
+                            InvalidArgument, TooLarge)
 from gateway.logs import REQUEST_ID_HEADER, RequestRecord, finish_request, request_id
 from gateway.metrics import Metrics
 from gateway.settings import Settings
@@ -35,6 +43,8 @@ PLACEHOLDER_PAGE = ("The web page is not installed (gateway/static/index.html is
                     "The API works: POST an image to /v1/classify; see /docs.\n")
 RAW_BODY_TYPES = ("image/", "application/octet-stream")
 EXAMPLE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
+INT32_MAX = 2**31 - 1  # top_k is an int32 on the gRPC side; the same range here
+T = TypeVar("T")
 
 
 # -- response schemas, for /docs (handlers return the converters' JSON directly) -----------------
@@ -106,6 +116,7 @@ class ErrorOut(BaseModel):
 
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorOut, "description": "not an image, unsupported format, bad parameter"},
+    401: {"model": ErrorOut, "description": "missing or wrong API key (when the gateway requires one)"},
     404: {"model": ErrorOut, "description": "unknown model"},
     413: {"model": ErrorOut, "description": "body over the limit"},
     429: {"model": ErrorOut, "description": "overloaded: the queue is full"},
@@ -121,13 +132,13 @@ _IMAGE_BODY = {"requestBody": {"required": True, "content": {
     "image/webp": {"schema": {"type": "string", "format": "binary"}},
 }}}
 
-_TOP_K = Query(0, description="how many predictions to return; 0 means the configured default")
+_TOP_K = Query(0, ge=0, le=INT32_MAX, description="how many predictions to return; 0 means the configured default")
 
 
 # -- the app ------------------------------------------------------------------------------------
 
 def create_app(settings: Settings, service: ClassifierService, metrics: Metrics,
-               static_dir: Path = STATIC_DIR) -> FastAPI:
+               auth: ApiKeyAuth | None = None, static_dir: Path = STATIC_DIR) -> FastAPI:
     app = FastAPI(
         title="Image classifier gateway",
         description="Classify images with the models behind this gateway. The same API is served over "
@@ -135,6 +146,8 @@ def create_app(settings: Settings, service: ClassifierService, metrics: Metrics,
                     "\"request_id\"}}`; send `x-request-id` to choose the id.",
         version="1", docs_url="/docs", openapi_url="/openapi.json", redoc_url=None,
     )
+    if auth is not None and auth.enabled:
+        app.add_middleware(ApiKeyMiddleware, auth=auth)   # inside the record: refusals get an id and a log line
     app.add_middleware(RequestRecordMiddleware, metrics=metrics)
     _add_error_handlers(app)
 
@@ -142,10 +155,11 @@ def create_app(settings: Settings, service: ClassifierService, metrics: Metrics,
         record: RequestRecord = request.state.record
         name = service.resolve_model(model)
         record.model = name
-        body = await read_body(request, settings.max_body_bytes)
+        deadline = service.deadline(None)
+        body = await read_body(request, settings.max_body_bytes, deadline)
         image = await image_from_body(request, body, settings.max_body_bytes)
         record.images = 1
-        result = await service.classify(ClassifyInput(name, image, top_k), service.deadline(None))
+        result = await unless_client_leaves(request, service.classify(ClassifyInput(name, image, top_k), deadline))
         record.version = result.version
         record.add_stages(result.stages)
         return JSONResponse(converters.classification_to_json(result),
@@ -215,18 +229,48 @@ def server_timing(stages: dict[str, float]) -> str:
     return ", ".join(f"{stage};dur={seconds * 1000:.3f}" for stage, seconds in stages.items())
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed `limit` bytes."""
+async def read_body(request: Request, limit: int, deadline: float) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed `limit` bytes, and with
+    504 when it has not all arrived by `deadline` (an event-loop time)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise TooLarge(f"the request body ({declared} bytes) is over the limit of {limit} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge(f"the request body is over the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout_at(deadline):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise TooLarge(f"the request body is over the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise DeadlineExceeded(f"the request body was not received before the deadline ({size} bytes arrived)") from None
+    except ClientDisconnect:
+        raise ClientGone("the client closed the connection while sending the body") from None
     return b"".join(chunks)
+
+
+async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
+    """Await `work` (after the body has been read), cancelling it if the client hangs up first:
+    nobody would read the answer, so its place in a batch and its model server call are freed."""
+    task = asyncio.ensure_future(work)
+    left = asyncio.ensure_future(_disconnected(request.receive))
+    try:
+        done, _ = await asyncio.wait({task, left}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise ClientGone("the client closed the connection before the answer was ready")
+    finally:
+        task.cancel()
+        left.cancel()
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Returns when the server reports the client gone (ASGI: after the body, receive() waits for that)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def image_from_body(request: Request, body: bytes, limit: int) -> bytes:
@@ -268,11 +312,21 @@ def _error_response(request: Request, status: int, code: str, message: str,
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def _gateway_error_response(err: GatewayError, rid: str) -> JSONResponse:
+    """The answer to a GatewayError: its status from the table, and the headers that go with it."""
+    headers = {}
+    if err.kind in (ErrorKind.OVERLOADED, ErrorKind.UNAVAILABLE):
+        headers["retry-after"] = "1"
+    if err.kind is ErrorKind.UNAUTHENTICATED:
+        headers["www-authenticate"] = CHALLENGE
+    return JSONResponse(err.to_body(rid), status_code=err.http_status, headers=headers)
+
+
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
-        retry = {"retry-after": "1"} if exc.kind in (ErrorKind.OVERLOADED, ErrorKind.UNAVAILABLE) else None
-        return _error_response(request, exc.http_status, exc.code_name, exc.message, retry)
+        record: RequestRecord | None = getattr(request.state, "record", None)
+        return _gateway_error_response(exc, record.request_id if record else "")
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -291,6 +345,24 @@ def _add_error_handlers(app: FastAPI) -> None:
                   extra={"fields": {"request_id": record.request_id if record else None}})
         err = InternalError()
         return _error_response(request, err.http_status, err.code_name, err.message)
+
+
+class ApiKeyMiddleware:
+    """Pure ASGI: refuses requests without a valid API key (auth.py decides) before any route runs."""
+
+    def __init__(self, app: ASGIApp, auth: ApiKeyAuth):
+        self.app = app
+        self.auth = auth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            try:
+                self.auth.authorize(scope["path"], Headers(scope=scope).get(AUTHORIZATION))
+            except GatewayError as err:
+                record: RequestRecord = scope["state"]["record"]
+                await _gateway_error_response(err, record.request_id)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class RequestRecordMiddleware:

@@ -10,6 +10,10 @@ JSON line to stderr - `{"event": "listening", "grpc_port": ..., "http_port": ...
 launchers wait for. The gateway is live at once and ready (health SERVING, /readyz 200) when the
 model server reports the default model AVAILABLE.
 
+Security, all optional (settings `tls_*`, `api_keys`, `backend_tls*`): both ports serve TLS from
+one certificate, with client certificates required when a client CA is given; API keys are checked
+for both transports by auth.py; the model server can be called over (mutual) TLS.
+
 Shutdown on SIGTERM/SIGINT: readiness and health go NOT_SERVING first, then (after
 `shutdown_delay_seconds`) both servers stop accepting and in-flight requests get
 `shutdown_grace_seconds` to finish; exit status 0.
@@ -29,6 +33,7 @@ import sys
 import uvicorn
 import yaml
 
+from gateway.auth import ApiKeyAuth
 from gateway.backend import Backend
 from gateway.core import ClassifierService
 from gateway.decode import DecodeLimits, Decoder, install_pillow_guards
@@ -39,6 +44,7 @@ from gateway.registry import ModelRegistry
 from gateway.resilience import CircuitBreaker, RetryBudget
 from gateway.rest import create_app
 from gateway.settings import Settings, SettingsError, env_name, flag_name, load_settings
+from gateway.tls import TlsConfigError, backend_credentials, uvicorn_ssl_options
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +83,13 @@ def bind_tcp(host: str, port: int) -> socket.socket:
 async def serve(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     install_pillow_guards(settings.max_image_pixels)
+    try:
+        channel_credentials = backend_credentials(settings)
+        ssl_options = uvicorn_ssl_options(settings)
+    except TlsConfigError as exc:
+        log.error("invalid TLS settings: %s", exc)
+        return 2
+    auth = ApiKeyAuth([key.get_secret_value() for key in settings.api_keys], settings.public_health_and_metrics)
     metrics = Metrics()
     circuit = CircuitBreaker(settings.circuit_failure_threshold, settings.circuit_open_seconds,
                              on_change=lambda state: metrics.circuit_state.set(int(state)))
@@ -84,13 +97,14 @@ async def serve(settings: Settings) -> int:
                       retry_budget=RetryBudget(settings.retry_budget_percent),
                       call_timeout=settings.backend_timeout_seconds,
                       keepalive_seconds=settings.backend_keepalive_seconds,
-                      max_message_bytes=settings.backend_max_message_bytes)
+                      max_message_bytes=settings.backend_max_message_bytes,
+                      credentials=channel_credentials, tls_server_name=settings.backend_tls_server_name)
     registry = ModelRegistry(backend, settings, metrics)
     decoder = Decoder(settings.decode_workers, settings.max_pending_decodes,
                       DecodeLimits(tuple(settings.allowed_formats), settings.max_image_pixels))
     service = ClassifierService(settings, backend, registry, decoder, metrics)
     try:
-        grpc_server, grpc_port, health_servicer = await create_grpc_server(settings, service, registry, metrics)
+        grpc_server, grpc_port, health_servicer = await create_grpc_server(settings, service, registry, metrics, auth)
         http_socket = bind_tcp(settings.host, settings.http_port)
     except (OSError, RuntimeError) as exc:
         log.error("cannot bind: %s", exc)
@@ -98,8 +112,9 @@ async def serve(settings: Settings) -> int:
         decoder.close()
         return 1
     http_server = _EmbeddedUvicorn(uvicorn.Config(
-        create_app(settings, service, metrics), lifespan="off", log_config=None,
-        access_log=False, server_header=False, timeout_graceful_shutdown=settings.shutdown_grace_seconds))
+        create_app(settings, service, metrics, auth), lifespan="off", log_config=None,
+        access_log=False, server_header=False, timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+        **ssl_options))
 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -140,7 +155,8 @@ async def serve(settings: Settings) -> int:
 def announce_listening(settings: Settings, grpc_port: int, http_port: int) -> None:
     """The one start-up line launchers wait for; always JSON, whatever the log format."""
     line = {"event": "listening", "grpc_port": grpc_port, "http_port": http_port,
-            "host": settings.host, "backend": settings.backend}
+            "host": settings.host, "backend": settings.backend, "tls": settings.tls,
+            "mutual_tls": settings.tls_client_ca_file is not None, "api_keys": len(settings.api_keys)}
     print(json.dumps(line), file=sys.stderr, flush=True)
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, FilePath, SecretStr, ValidationError, field_validator,
+                      model_validator)
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway.thresholds import DEFAULT_UNCERTAIN_LABEL, Thresholds
@@ -111,6 +112,27 @@ class Settings(BaseSettings):
                                         description="retries of failed Predict calls allowed, as a percentage of calls")
     shutdown_delay_seconds: float = Field(0.0, ge=0.0, description="after SIGTERM, time spent NOT_SERVING before refusing connections (load balancers notice)")
     shutdown_grace_seconds: float = Field(10.0, ge=0.0, description="after that, time given to in-flight requests")
+    # Security: all off by default (see gateway/config.example.yaml).
+    tls_cert_file: FilePath | None = Field(None, description="PEM certificate (chain): serve gRPC and HTTPS over TLS; "
+                                           "needs tls_key_file")
+    tls_key_file: FilePath | None = Field(None, description="PEM private key of tls_cert_file")
+    tls_client_ca_file: FilePath | None = Field(
+        None, description="PEM CA bundle: both ports require a client certificate it signed (mutual TLS)")
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="API keys accepted as `authorization: Bearer <key>` (comma-separated "
+                                          "in env and flags); empty: no authentication")
+    public_health_and_metrics: bool = Field(
+        True, description="with api_keys set, /healthz, /readyz, /metrics and grpc.health.v1.Health still "
+                          "answer without a key (for probes and Prometheus)")
+    backend_tls: bool = Field(False, description="call the model server over TLS")
+    backend_ca_file: FilePath | None = Field(
+        None, description="PEM CA bundle the model server's certificate must chain to (default: system roots)")
+    backend_cert_file: FilePath | None = Field(
+        None, description="PEM client certificate for mutual TLS to the model server (with backend_key_file)")
+    backend_key_file: FilePath | None = Field(None, description="PEM private key of backend_cert_file")
+    backend_tls_server_name: str | None = Field(
+        None, min_length=1, description="name to expect in the model server's certificate when it differs from "
+                                        "the backend host (e.g. backend 10.0.0.7:8500, certificate for model-server)")
     # The web page.
     examples_dir: Path = Field(Path("examples"), description="folder of example images, listed at GET "
                                "/v1/examples and served under /examples/ (relative to the working directory)")
@@ -125,9 +147,9 @@ class Settings(BaseSettings):
             return value.upper() if info.field_name == "log_level" else value.lower()
         return value
 
-    @field_validator("allowed_formats", mode="before")
+    @field_validator("allowed_formats", "api_keys", mode="before")
     @classmethod
-    def _split_formats(cls, value: Any) -> Any:
+    def _split_lists(cls, value: Any) -> Any:
         if isinstance(value, str):
             value = [part for part in value.replace(" ", "").split(",") if part]
         return value
@@ -152,6 +174,34 @@ class Settings(BaseSettings):
         if bad:
             raise ValueError(f"invalid model names {bad}: use letters, digits, '_', '.', '-'")
         return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _usable_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for key in (k.get_secret_value() for k in value):
+            if not key or not key.isprintable() or any(c.isspace() for c in key):
+                raise ValueError("API keys must be non-empty printable text without spaces")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> "Settings":
+        """Files that only make sense together: name the missing one at start-up, not at the first call."""
+        pairs = [("tls_cert_file", "tls_key_file"), ("tls_key_file", "tls_cert_file"),
+                 ("tls_client_ca_file", "tls_cert_file"),
+                 ("backend_cert_file", "backend_key_file"), ("backend_key_file", "backend_cert_file")]
+        for given, needed in pairs:
+            if getattr(self, given) is not None and getattr(self, needed) is None:
+                raise ValueError(f"{given} is set but {needed} is not")
+        backend_tls_only = ("backend_ca_file", "backend_cert_file", "backend_tls_server_name")
+        stray = [name for name in backend_tls_only if getattr(self, name) is not None]
+        if stray and not self.backend_tls:
+            raise ValueError(f"{', '.join(stray)} set without backend_tls: true")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        """Both ports serve TLS."""
+        return self.tls_cert_file is not None
 
     @property
     def model_names(self) -> list[str]:

@@ -77,8 +77,9 @@ class ModelFacts:
 
     def describe(self) -> str:
         s = self.spec
-        extra = f", `{IMAGE_BYTES_SIGNATURE}` signature" if self.image_bytes_input else ", no image_bytes signature"
-        return f"{self.name} v{self.version}: `{SIGNATURE}` input `{self.input_name}` uint8 [N,{s.height},{s.width},{s.channels}]{extra}"
+        extra = "an" if self.image_bytes_input else "no"
+        return (f"{self.name} v{self.version}: `{SIGNATURE}` input `{self.input_name}` uint8 "
+                f"[N,{s.height},{s.width},{s.channels}]; {extra} `{IMAGE_BYTES_SIGNATURE}` signature")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -249,15 +250,16 @@ class GatewayMetrics:
             return self._stop.get(key, 0.0) - self._start.get(key, 0.0)
 
         if delta("gateway_batch_size_count"):
-            sample.gateway["mean batch"] = delta("gateway_batch_size_sum") / delta("gateway_batch_size_count")
+            sample.gateway_metrics["mean batch"] = delta("gateway_batch_size_sum") / delta("gateway_batch_size_count")
         for key in self._stop:
             if key.endswith("_count") and not key.startswith("gateway_") and delta(key):
                 stage = key[: -len("_count")]
-                sample.gateway[f"{stage} ms"] = 1000.0 * delta(f"{stage}_sum") / delta(key)
+                sample.gateway_metrics[f"{stage} ms"] = 1000.0 * delta(f"{stage}_sum") / delta(key)
 
 
 @contextlib.contextmanager
-def bench_stack(args: argparse.Namespace, report_dir: Path) -> Iterator[tuple[stack.ModelServer, dict[str, stack.Gateway]]]:
+def bench_stack(args: argparse.Namespace,
+                report_dir: Path) -> Iterator[tuple[stack.ModelServer, dict[str, stack.Gateway]]]:
     """One model server and two gateways (batching on / off); all stopped on the way out."""
     with contextlib.ExitStack() as stop:
         server = stack.start_model_server(model_base_path=args.models_dir / stack.DEFAULT_MODEL, echo=args.verbose,
@@ -335,8 +337,9 @@ def measure_under_load(result: bench_report.BenchResult, args: argparse.Namespac
 def run(args: argparse.Namespace, report_dir: Path) -> bench_report.BenchResult:
     result = bench_report.BenchResult(
         started=time.strftime("%Y-%m-%d %H:%M:%S %Z"), machine=machine.describe(),
-        settings={"concurrency levels": ", ".join(map(str, args.levels)), "measured seconds per point": args.seconds,
-                  "warm-up seconds per point": args.warmup, "load-generator processes": args.processes,
+        settings={"concurrency levels": ", ".join(map(str, args.levels)),
+                  "measured seconds per point": args.seconds, "warm-up seconds per point": args.warmup,
+                  "load-generator processes": args.processes,
                   "gateway, batching on": " ".join(f"{k}={v}" for k, v in BATCHING_ON.items()),
                   "gateway, batching off": " ".join(f"{k}={v}" for k, v in BATCHING_OFF.items())})
     images = [img.data for img in ImagePool.from_examples(large_share=0.0).small]
@@ -345,7 +348,7 @@ def run(args: argparse.Namespace, report_dir: Path) -> bench_report.BenchResult:
         facts = model_facts(server.grpc_target, stack.DEFAULT_MODEL)
         pixels = [decode_image(data, facts.spec, DecodeLimits()) for data in images]
         result.model = facts.describe()
-        result.images = f"{len(images)} small example images, {sum(map(len, images)) // len(images):,} B on average"
+        result.images = f"{len(images)} small example images, {sum(map(len, images)) // len(images):,} B average"
         if not facts.image_bytes_input:
             result.notes.append(f"The model has no `{IMAGE_BYTES_SIGNATURE}` signature: the direct baseline "
                                 "is Predict with uint8 pixels decoded by the client.")

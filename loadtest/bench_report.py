@@ -113,7 +113,8 @@ def goals(r: BenchResult) -> list[Goal]:
     direct = _at(r.samples, direct_name, level)
     ratio = _ratio(on and on.images_per_s, direct and direct.images_per_s)
     out.append(Goal(f"through the gateway vs {direct_name}, images/s at {level} in flight",
-                    "n/a" if ratio is None else f"{ratio:.2f}× ({on.images_per_s:,.0f} vs {direct.images_per_s:,.0f})",
+                    "n/a" if ratio is None else
+                    f"{ratio:.2f}× ({on.images_per_s:,.0f} vs {direct.images_per_s:,.0f})",
                     "≥ 0.9×", None if ratio is None else ratio >= 0.9))
     ratio = _ratio(on and on.images_per_s, off and off.images_per_s)
     p99_ok = on is not None and off is not None and on.percentile_ms(0.99) <= off.percentile_ms(0.99)
@@ -226,7 +227,7 @@ def _num(value: float, fmt: str = "{:,.2f}") -> str:
 
 
 def _cpu_table(samples: Sequence[Sample]) -> list[str]:
-    stages = list(dict.fromkeys(k for s in samples for k in s.gateway if k != "mean batch"))
+    stages = list(dict.fromkeys(k for s in samples for k in s.gateway_metrics if k != "mean batch"))
     processes = (LOADGEN_CPU, CPU_GATEWAY, CPU_MODEL_SERVER)
     lines = ["| series | in flight | images/s | " + " | ".join(f"{p} CPU ms/img" for p in processes)
              + " | sum | mean batch | " + " | ".join(f"{k}/img" for k in stages) + " |",
@@ -236,8 +237,8 @@ def _cpu_table(samples: Sequence[Sample]) -> list[str]:
         total = sum(c for c in cpu if not math.isnan(c))
         lines.append(f"| {s.series} | {s.concurrency} | {s.images_per_s:,.0f} | "
                      + " | ".join(_num(c) for c in cpu) + f" | {total:.2f} | "
-                     + _num(s.gateway.get("mean batch", float("nan")), "{:.1f}") + " | "
-                     + " | ".join(_num(s.gateway.get(k, float("nan"))) for k in stages) + " |")
+                     + _num(s.gateway_metrics.get("mean batch", float("nan")), "{:.1f}") + " | "
+                     + " | ".join(_num(s.gateway_metrics.get(k, float("nan"))) for k in stages) + " |")
     return lines
 
 
@@ -256,7 +257,8 @@ def cost_note(r: BenchResult) -> str | None:
     cores = r.machine.usable_cores
     return (f"At {level} in flight, one image through the gateway costs {total(on):.2f} ms of CPU in these "
             f"processes (gateway {_num(on.cpu_ms_per_image(CPU_GATEWAY))}, model server "
-            f"{_num(on.cpu_ms_per_image(CPU_MODEL_SERVER))}, load generator {_num(on.cpu_ms_per_image(LOADGEN_CPU))}) "
+            f"{_num(on.cpu_ms_per_image(CPU_MODEL_SERVER))}, load generator "
+            f"{_num(on.cpu_ms_per_image(LOADGEN_CPU))}) "
             f"against {total(direct):.2f} ms for {direct.series}. With everything on {cores} cores, those costs "
             f"cap throughput near {cores * 1000 / total(on):,.0f} and {cores * 1000 / total(direct):,.0f} images/s; "
             f"on separate nodes the gateway's share runs on its own cores.")
@@ -321,7 +323,8 @@ def render(r: BenchResult, found: Sequence[Goal]) -> str:
 
 def write(r: BenchResult, folder: Path) -> list[Goal]:
     found = goals(r)
-    write_samples_csv([*r.samples, *(s for s in (r.trivial, r.batch_server) if s is not None)], folder / "samples.csv")
+    extra = [s for s in (r.trivial, r.batch_server) if s is not None]
+    write_samples_csv([*r.samples, *extra], folder / "samples.csv")
     write_goals_csv(found, folder / "goals.csv")
     if r.samples:
         plot(r.samples, folder / "bench.png")

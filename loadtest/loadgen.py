@@ -7,8 +7,10 @@ share of concurrent callers, and the bench checks the generator against a trivia
 (`health`) to show it reaches more than the system under test.
 
 Measurement: every worker waits for a common wall-clock start, runs `warmup_s` unrecorded, then
-counts the calls that complete within the next `seconds` and records their latencies. Requests
-are built before the clock starts, so the loop only sends.
+counts the calls that complete within the next `seconds` and records their latencies and its own
+CPU time. Requests are built before the clock starts, so the loop only sends. `Probe`s given to
+`measure` look at other processes over the same window (the bench uses them for the servers' CPU
+time and the gateway's metrics).
 
 Worker processes speak the TF Serving API through the gateway's wire-compatible subset
 (gateway/wire.py) and never import TensorFlow (see the process rule in tests/conftest.py).
@@ -60,7 +62,7 @@ class Sample:
     errors: dict[str, int] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
     cpu_seconds: dict[str, float] = field(default_factory=dict)  # process -> CPU time in the window
-    gateway: dict[str, float] = field(default_factory=dict)  # the gateway's own metrics (mean batch, stages)
+    gateway_metrics: dict[str, float] = field(default_factory=dict)  # from its /metrics: mean batch, stages
 
     @property
     def calls_per_s(self) -> float:
@@ -76,7 +78,9 @@ class Sample:
 
     def cpu_ms_per_image(self, process: str) -> float:
         images = self.calls * self.images_per_call
-        return 1000.0 * self.cpu_seconds[process] / images if images and process in self.cpu_seconds else float("nan")
+        if not images or process not in self.cpu_seconds:
+            return float("nan")
+        return 1000.0 * self.cpu_seconds[process] / images
 
     def percentile_ms(self, q: float) -> float:
         if not self.latencies_ms:
@@ -252,7 +256,8 @@ class LoadGenerator:
         _sleep_until(start_at + self.warmup_s + self.seconds)
         for probe in probes:
             probe.end()
-        sample = Sample(series, concurrency, len(shares), self.seconds, work.batch if work.kind.startswith("predict") else 1)
+        per_call = work.batch if work.kind.startswith("predict") else 1
+        sample = Sample(series, concurrency, len(shares), self.seconds, per_call)
         errors: collections.Counter = collections.Counter()
         for future in futures:
             completed, latencies, errs, cpu = future.result()

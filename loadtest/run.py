@@ -9,7 +9,7 @@ Locust runs as a child process (it monkey-patches the standard library with geve
 process must not be), bounded by `--duration` plus a grace period after which it is stopped. The
 report goes to `reports/loadtest/<timestamp>/`: Locust's HTML report and CSV files, its log, the
 verdict JSON and `summary.md`. The exit code is Locust's: 0 when the SLO held, 1 when a limit was
-missed, something else when the run itself broke.
+missed; 2 when the run itself broke (target not ready, stack failed to start, Locust hung).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ REPORTS = ROOT / "reports" / "loadtest"
 CSV_PREFIX = "locust"
 STOP_GRACE_S = 60.0  # beyond --duration: spawning, draining in-flight requests, writing reports
 CLASSIFIER_SERVICE = "classifier.v1.Classifier"
+EXIT_BROKEN = 2  # the run itself failed (target not ready, Locust hung); 1 is "an SLO limit was missed"
 
 
 class TargetError(RuntimeError):
@@ -62,7 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m loadtest.run",
         description="Run a bounded headless Locust load test with an SLO verdict; write "
                     "reports/loadtest/<timestamp>/ (HTML, CSV, summary.md). Exit code 0 when "
-                    "every SLO limit held, 1 when one was missed.")
+                    "every SLO limit held, 1 when one was missed, 2 when the run itself failed.")
     parser.add_argument("--host", default="", metavar="URL",
                         help="gateway HTTP URL to test (e.g. http://10.0.0.5:8080); "
                              "without it, the stack is started on the default model and stopped after")
@@ -164,8 +165,7 @@ def run_locust(argv: list[str], report_dir: Path, bound_s: float) -> int:
         return proc.proc.wait(bound_s)
     except subprocess.TimeoutExpired:
         print(f"error: Locust still running {bound_s:.0f}s after start; stopping it", file=sys.stderr)
-        proc.stop(grace=15)
-        return 2
+        return EXIT_BROKEN
     finally:
         proc.stop(grace=15)  # no-op when it has exited; on Ctrl-C it stops the child too
 
@@ -175,7 +175,8 @@ def settings_of(args: argparse.Namespace) -> dict[str, object]:
              "Locust processes": args.processes}
     for opt in options.OPTIONS:
         if opt.dest not in ("grpc_target", "verdict_file"):
-            shown[opt.flag.lstrip("-")] = getattr(args, opt.dest)
+            value = getattr(args, opt.dest)
+            shown[opt.flag.lstrip("-")] = "(gateway default)" if value == "" else value
     return shown
 
 
@@ -191,9 +192,9 @@ def main(argv: list[str] | None = None) -> int:
             code = run_locust(locust_argv(args, target, report_dir), report_dir, args.duration + STOP_GRACE_S)
     except (TargetError, stack.StackError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_BROKEN
     verdict = slo.read_verdict(report_dir / "verdict.json")
-    files = sorted(p.name for p in report_dir.iterdir()) + ["summary.md"]
+    files = sorted({p.name for p in report_dir.iterdir()} | {"summary.md"})
     text = summary.render(
         title=f"Load test {started}: {'PASS' if code == 0 else 'FAIL'}", verdict=verdict, exit_code=code,
         target=target.description, settings=settings_of(args), machine=host_machine,

@@ -88,7 +88,8 @@ def final_requests(stats) -> list[dict]:
     """
     entries = sorted(stats.entries.values(), key=lambda e: (e.method or "", e.name)) + [stats.total]
     return [{"type": e.method or "", "name": e.name, "requests": e.num_requests, "failures": e.num_failures,
-             "p50_ms": e.get_response_time_percentile(0.5) or 0, "p95_ms": e.get_response_time_percentile(0.95) or 0,
+             "p50_ms": e.get_response_time_percentile(0.5) or 0,
+             "p95_ms": e.get_response_time_percentile(0.95) or 0,
              "p99_ms": e.get_response_time_percentile(0.99) or 0, "max_ms": e.max_response_time or 0,
              "rps": e.total_rps} for e in entries]
 

@@ -264,13 +264,16 @@ def test_folder_data_set_with_train_and_val_dirs(tmp_path):
     ({}, "needs at least two class folders"),
     ({"cats": ["a.png"]}, "found only cats"),
     ({"cats": ["notes.txt"], "dogs": ["readme.md"]}, "needs at least two class folders"),
+    ({"cats": ["a.png"], "dogs": ["b.jpg"]}, r"dogs/b\.jpg is not a JPEG or PNG image"),
 ])
 def test_folder_data_set_explains_a_bad_layout(tmp_path, layout, message):
     for folder, files in layout.items():
         (tmp_path / folder).mkdir()
         for name in files:
-            Image.new("RGB", (8, 8)).save(tmp_path / folder / name, "PNG") if name.endswith(".png") \
-                else (tmp_path / folder / name).write_text("x")
+            if name.endswith(".png"):
+                Image.new("RGB", (8, 8)).save(tmp_path / folder / name, "PNG")
+            else:
+                (tmp_path / folder / name).write_text("not an image")
     with pytest.raises(TrainingError, match=message):
         DATASETS["folder"].load(tmp_path, InputSpec(16, 16, 3), limit=None, seed=0)
 
@@ -289,7 +292,6 @@ def test_a_corrupt_idx_file_is_reported_not_crashed(tmp_path):
     (["--data-dir", "/nonexistent/fashion"], "--data-dir /nonexistent/fashion is not a directory"),
     (["--data-dir", "{empty}"], "install the Debian package dataset-fashion-mnist"),
     (["--dataset", "folder"], "--dataset folder needs --data-dir DIR"),
-    (["--weights", "imagenet"], "backbone small_cnn has no imagenet weights"),
 ])
 def test_cli_problems_are_one_clear_line_and_exit_code_2(args, expected, tmp_path):
     args = [a.replace("{empty}", str(tmp_path)) for a in args]
@@ -301,13 +303,30 @@ def test_cli_problems_are_one_clear_line_and_exit_code_2(args, expected, tmp_pat
     assert not (tmp_path / "models").exists()
 
 
+def test_weights_a_backbone_does_not_offer_are_refused_clearly(tmp_path):
+    with pytest.raises(TrainingError, match="backbone small_cnn has no imagenet weights"):
+        build_model(BACKBONES["small_cnn"], GREY28, 10, "imagenet")
+    with pytest.raises(TrainingError, match="no such file"):
+        build_model(BACKBONES["small_cnn"], GREY28, 10, str(tmp_path / "missing.weights.h5"))
+
+
+def test_weights_from_an_earlier_run_are_loaded(trained, tmp_path):
+    trained.save_weights(tmp_path / "model.weights.h5")
+    again = build_model(BACKBONES["small_cnn"], GREY28, 10, str(tmp_path / "model.weights.h5"))
+    for a, b in zip(trained.get_weights(), again.get_weights()):
+        assert np.array_equal(a, b)
+    with pytest.raises(TrainingError, match="does not fit"):
+        build_model(BACKBONES["small_cnn"], GREY28, 3, str(tmp_path / "model.weights.h5"))
+
+
 def test_cli_help_documents_every_option():
-    result = cli("--help", timeout=60)
-    assert result.returncode == 0
+    from training.cli import build_parser
+
+    text = build_parser().format_help()
     for option in ("--dataset", "--data-dir", "--backbone", "--weights", "--epochs", "--batch-size", "--limit",
                    "--seed", "--model-name", "--models-dir", "--profile", "--report-dir", "--learning-rate",
-                   "fashion_mnist", "folder", "small_cnn", "imagenet", "quick", "full"):
-        assert option in result.stdout
+                   "fashion_mnist", "folder", "small_cnn", "imagenet", "quick", "full", "dataset-fashion-mnist"):
+        assert option in text
 
 
 def test_cli_tiny_model_is_a_servable_version_1(tiny_models_dir):

@@ -25,6 +25,8 @@ from training.imaging import InputSpec
 # A builder gets the input to take, the number of classes and a named weight set (or None) to
 # start from; loading weights from a file is common to all and done by `build_model`.
 Builder = Callable[[InputSpec, int, "str | None"], keras.Model]
+# Pre-trained weight sets some backbone may offer; any other --weights value is a file path.
+NAMED_WEIGHT_SETS = ("imagenet",)
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,7 @@ def build_model(backbone: Backbone, spec: InputSpec, num_classes: int, weights: 
     """
     weights = weights or backbone.default_weights
     named = weights in backbone.weight_sets
-    if weights != "none" and not named and weights in ("imagenet",):
+    if weights in NAMED_WEIGHT_SETS and not named:
         offered = ", ".join(backbone.weight_sets + ("none", "PATH"))
         raise TrainingError(f"backbone {backbone.name} has no {weights} weights; --weights can be {offered}")
     model = backbone.build(spec, num_classes, weights if named else None)

@@ -7,26 +7,31 @@ Problems a user can fix (missing data set, bad folder, unusable --weights) end a
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
 from training.profiles import DEFAULT_PROFILE, PROFILES
 from training.quiet import import_tensorflow_quietly
 
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # one directory level, as TF Serving names models
+ALL = "all"  # --limit all: every training image, whatever the profile says
+
 
 def _epilog(backbones: dict, debian_dir: Path, debian_package: str) -> str:
     return f"""
 profiles (explicit flags override them):
-{chr(10).join(f"  {p.name:<6} {p.summary}: --epochs {p.epochs} --batch-size {p.batch_size} "
-              f"--limit {p.limit or 'all'} --learning-rate {p.learning_rate:g}" for p in PROFILES.values())}
+{chr(10).join(f"  {p.name:<14} {p.summary}" for p in PROFILES.values())}
 
 data sets:
-  fashion_mnist  the idx files of the Debian package {debian_package} in {debian_dir}
-                 (--data-dir overrides); 10 classes, 28x28 grey; the 10,000 test images give
-                 the final accuracy, 10% of the training images (at most 5,000) validate
-  folder         --data-dir DIR holding DIR/<class>/*.jpg|png (10% of each class held out for
-                 validation) or DIR/train/<class>/... with DIR/val/<class>/... (and optionally
-                 DIR/test/<class>/... for the final accuracy; otherwise val is used)
+  fashion_mnist  the idx files of the Debian package {debian_package}
+                 in {debian_dir} (--data-dir overrides); 10 classes,
+                 28x28 grey; the 10,000 test images give the final accuracy, 10% of the
+                 training images (at most 5,000) validate
+  folder         --data-dir DIR holding DIR/<class>/*.jpg|png (10% of each class held out
+                 for validation) or DIR/train/<class>/... with DIR/val/<class>/... (and
+                 optionally DIR/test/<class>/... for the final accuracy, else val is used);
+                 streamed from disk; small_cnn takes them as 64x64 RGB
 
 backbones:
 {chr(10).join(f"  {b.name:<14} {b.summary}" for b in backbones.values())}
@@ -39,25 +44,40 @@ output:
 """
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def _positive(convert, kind: str):
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not value > 0:
+            raise argparse.ArgumentTypeError(f"must be a positive {kind}, got {text!r}")
+        return value
+    return parse
 
 
-ALL = "all"
+_positive_int = _positive(int, "integer")
+_positive_float = _positive(float, "number")
 
 
 def _limit(text: str) -> int | str:
-    return ALL if text == ALL else _positive_int(text)
+    if text == ALL:
+        return ALL
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'all', got {text!r}") from None
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
+def _model_name(text: str) -> str:
+    if not MODEL_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"must be letters, digits, '.', '_' or '-', got {text!r}")
+    return text
+
+
+def _by_profile(field: str) -> str:
+    values = ", ".join(f"{p.name} {getattr(p, field) or ALL}" for p in PROFILES.values())
+    return f"default by profile: {values}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,15 +103,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="starting weights: a named pre-trained set (imagenet, for backbones that have "
                              "one), none (random), or a .weights.h5 file from an earlier report "
                              "(default: the backbone's own, none for small_cnn)")
-    parser.add_argument("--epochs", type=_positive_int, metavar="N", help="passes over the training images")
-    parser.add_argument("--batch-size", type=_positive_int, metavar="N", help="images per training step")
+    parser.add_argument("--epochs", type=_positive_int, metavar="N",
+                        help=f"passes over the training images ({_by_profile('epochs')})")
+    parser.add_argument("--batch-size", type=_positive_int, metavar="N",
+                        help=f"images per training step ({_by_profile('batch_size')})")
     parser.add_argument("--limit", type=_limit, metavar="N",
-                        help="use only N training images (validation slice included), or 'all'")
+                        help=f"use only N training images, validation slice included, or 'all' "
+                             f"({_by_profile('limit')})")
     parser.add_argument("--learning-rate", type=_positive_float, metavar="LR",
-                        help="peak learning rate of the one-cycle schedule (AdamW)")
+                        help=f"peak learning rate of the one-cycle schedule, AdamW ({_by_profile('learning_rate')})")
     parser.add_argument("--seed", type=int, default=42, metavar="N",
                         help="seed for the data split, shuffling, augmentation and initial weights (default 42)")
-    parser.add_argument("--model-name", default="fashion", metavar="NAME",
+    parser.add_argument("--model-name", type=_model_name, default="fashion", metavar="NAME",
                         help="the model's name: exported to <models-dir>/NAME/ (default fashion)")
     parser.add_argument("--models-dir", type=Path, default=Path("models"), metavar="DIR",
                         help="model base directory, as served (default models)")

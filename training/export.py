@@ -104,8 +104,7 @@ def verify_export(export_dir: Path, model: keras.Model, labels: list[str], sampl
     _check_signature(loaded, BYTES_SIGNATURE, "image_bytes", tf.string, [None], len(labels))
 
     pixels = loaded.signatures[PIXELS_SIGNATURE](images=tf.constant(samples))
-    expected = model(samples.astype(np.float32), training=False)
-    expected = expected.numpy() if hasattr(expected, "numpy") else np.asarray(expected)
+    expected = keras.ops.convert_to_numpy(model(samples.astype(np.float32), training=False))
     diff = float(np.max(np.abs(pixels["scores"].numpy() - expected)))
     if diff > TOLERANCE:
         raise ExportError(f"reloaded model differs from the trained one: max score difference {diff:.2e}")

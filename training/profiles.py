@@ -24,7 +24,7 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "quick": Profile(name="quick", summary="2 epochs on 24,000 images, about two minutes",
                      epochs=2, batch_size=128, limit=24000, learning_rate=3e-3, warmup_fraction=0.15),
-    "full": Profile(name="full", summary="15 epochs on all images: the committed default model",
+    "full": Profile(name="full", summary="15 epochs on all images, about 30-45 minutes: the committed default model",
                     epochs=15, batch_size=128, limit=None, learning_rate=3e-3, warmup_fraction=0.15),
 }
 DEFAULT_PROFILE = "quick"

@@ -17,17 +17,29 @@ from training.errors import TrainingError
 from training.imaging import InputSpec, decode_to_input
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+# How JPEG and PNG files begin: checked while listing, so a stray non-image is reported by name
+# instead of failing deep inside TensorFlow's decoder halfway through an epoch.
+IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
 VAL_DIR_NAMES = ("val", "validation")
 LAYOUT_HINT = "expected DIR/<class>/*.jpg|png or DIR/train/<class>/... with DIR/val/<class>/..."
 
 Files = list[tuple[str, int]]  # (path, class index)
 
 
+def _check_is_image(path: Path) -> str:
+    with path.open("rb") as f:
+        head = f.read(8)
+    if not head.startswith(IMAGE_MAGIC):
+        raise TrainingError(f"{path} is not a JPEG or PNG image")
+    return str(path)
+
+
 def _class_files(split_dir: Path) -> dict[str, list[str]]:
     """Class name -> its image files (sorted), for every sub-folder holding at least one image."""
     classes = {}
     for sub in sorted(p for p in split_dir.iterdir() if p.is_dir()):
-        files = sorted(str(f) for f in sub.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(_check_is_image(f) for f in sub.iterdir()
+                       if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
         if files:
             classes[sub.name] = files
     return classes
