@@ -8,8 +8,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PROTO_SRC := $(shell find protos -name '*.proto' | sort)
-# make loadtest HOST=http://host:8080 targets a running gateway instead of starting one.
+# make loadtest HOST=http://host:8080 targets a running gateway instead of starting one;
+# ARGS passes options through to the load test and the benchmark (see loadtest/README.md).
 HOST ?=
+ARGS ?=
 
 .PHONY: help install system-deps up demo test check protos train train-full k8s-check loadtest bench clean
 
@@ -63,10 +65,10 @@ k8s-check: install ## render every kustomize overlay, validate offline, lint Doc
 	$(PY) -m tools.k8s_check
 
 loadtest: install ## Locust run with an SLO verdict; report in reports/loadtest/<timestamp>/
-	$(PY) -m loadtest.run $(if $(HOST),--host $(HOST))
+	$(PY) -m loadtest.run $(if $(HOST),--host $(HOST)) $(ARGS)
 
 bench: install ## side-by-side benchmark; report in reports/bench/<timestamp>/
-	$(PY) -m loadtest.bench
+	$(PY) -m loadtest.bench $(ARGS)
 
 clean: ## remove the venv and caches (keeps models/)
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info

@@ -5,7 +5,10 @@ A map of the package (one module, one job):
     server.py        python -m gateway: one asyncio loop running the gRPC and HTTP servers
     settings.py      the one settings object (flags > GATEWAY_* env > YAML > defaults)
     grpc_service.py  gRPC transport: classifier.v1 servicer, health, reflection
+    grpc_interceptors.py  before every gRPC handler: API key check, undecodable messages
     rest.py          REST transport: FastAPI routes, web page, /metrics, /docs
+    auth.py          API keys: the one check both transports run
+    tls.py           TLS / mutual TLS for both ports and for the channel to the model server
     converters.py    core results <-> classifier.v1 messages and REST JSON
     core.py          the transport-free service: decode -> batch -> predict -> decide
     decode.py        safe image decoding with Pillow, in a bounded thread pool

@@ -4,6 +4,11 @@
     python -m gateway.client models [--rest] [--json]
     python -m gateway.client --target HOST:PORT ...        (gRPC, default localhost:50051)
     python -m gateway.client --target http://HOST:PORT --rest ...   (default http://localhost:8080)
+    python -m gateway.client --api-key KEY --ca-file ca.pem [--cert-file c.pem --key-file c.key] ...
+
+A gateway with API keys wants `--api-key` (or GATEWAY_API_KEY); one serving TLS wants `--ca-file`
+(or `--tls` to trust the system's roots; REST targets then start with https://), and one requiring
+client certificates wants `--cert-file` and `--key-file` as well.
 
 Prints a table (or JSON with --json); exit status 0 when every image was classified, 1 when any
 failed, 2 for usage errors. Uses only the classifier.v1 stubs: no TensorFlow, no TF Serving protos.
@@ -15,6 +20,7 @@ import argparse
 import json
 import os
 import sys
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -50,19 +56,50 @@ def _response_to_json(response: pb.ClassifyResponse) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class Security:
+    """How to reach a gateway that uses TLS and/or API keys (all optional)."""
+
+    api_key: str | None = None
+    tls: bool = False                 # TLS with the system's roots (implied by ca_file)
+    ca_file: Path | None = None
+    cert_file: Path | None = None     # client certificate, for mutual TLS
+    key_file: Path | None = None
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls or self.ca_file is not None or self.cert_file is not None
+
+    def grpc_credentials(self) -> grpc.ChannelCredentials:
+        def read(path: Path | None) -> bytes | None:
+            return path.read_bytes() if path else None
+        return grpc.ssl_channel_credentials(read(self.ca_file), read(self.key_file), read(self.cert_file))
+
+    def ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+        if self.cert_file:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        return context
+
+    def headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+
 class GrpcClient:
-    def __init__(self, target: str, timeout: float):
-        self._channel = grpc.insecure_channel(target)
+    def __init__(self, target: str, timeout: float, security: Security = Security()):
+        self._channel = (grpc.secure_channel(target, security.grpc_credentials()) if security.uses_tls
+                         else grpc.insecure_channel(target))
         self._stub = pb_grpc.ClassifierStub(self._channel)
         self._timeout = timeout
+        self._metadata = tuple(security.headers().items())
 
     def classify(self, image: bytes, model: str, top_k: int) -> dict:
         response = self._stub.Classify(pb.ClassifyRequest(model=model, image=image, top_k=top_k),
-                                       timeout=self._timeout)
+                                       timeout=self._timeout, metadata=self._metadata)
         return _response_to_json(response)
 
     def models(self) -> list[dict]:
-        response = self._stub.ListModels(pb.ListModelsRequest(), timeout=self._timeout)
+        response = self._stub.ListModels(pb.ListModelsRequest(), timeout=self._timeout, metadata=self._metadata)
         return [{"name": m.name, "version": m.version, "labels": list(m.labels), "state": m.state}
                 for m in response.models]
 
@@ -76,9 +113,10 @@ class GrpcClient:
 
 
 class RestClient:
-    def __init__(self, target: str, timeout: float):
-        base = target if "://" in target else f"http://{target}"
-        self._http = httpx.Client(base_url=base, timeout=timeout)
+    def __init__(self, target: str, timeout: float, security: Security = Security()):
+        base = target if "://" in target else f"{'https' if security.uses_tls else 'http'}://{target}"
+        verify: ssl.SSLContext | bool = security.ssl_context() if base.startswith("https://") else True
+        self._http = httpx.Client(base_url=base, timeout=timeout, headers=security.headers(), verify=verify)
 
     def classify(self, image: bytes, model: str, top_k: int) -> dict:
         path = f"/v1/models/{model}:classify" if model else "/v1/classify"
@@ -155,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--target", help=f"gateway address (default {DEFAULT_GRPC_TARGET}, "
                                          f"or {DEFAULT_REST_TARGET} with --rest)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per call (default 30)")
+    parser.add_argument("--api-key", help="sent as `authorization: Bearer KEY` (default: $GATEWAY_API_KEY)")
+    parser.add_argument("--tls", action="store_true", help="use TLS, trusting the system's CAs")
+    parser.add_argument("--ca-file", type=Path, help="use TLS, trusting this PEM CA bundle")
+    parser.add_argument("--cert-file", type=Path, help="client certificate (PEM) for mutual TLS")
+    parser.add_argument("--key-file", type=Path, help="the client certificate's key (PEM)")
     sub = parser.add_subparsers(dest="command", required=True)
     classify = sub.add_parser("classify", help="classify image files")
     classify.add_argument("images", nargs="+", metavar="IMAGE")
@@ -168,9 +211,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.cert_file is None) != (args.key_file is None):
+        parser.error("--cert-file and --key-file go together")
+    security = Security(args.api_key or os.environ.get("GATEWAY_API_KEY") or None, args.tls, args.ca_file,
+                        args.cert_file, args.key_file)
     target = args.target or (DEFAULT_REST_TARGET if args.rest else DEFAULT_GRPC_TARGET)
-    client = RestClient(target, args.timeout) if args.rest else GrpcClient(target, args.timeout)
+    try:
+        client = RestClient(target, args.timeout, security) if args.rest else GrpcClient(target, args.timeout, security)
+    except (OSError, ssl.SSLError) as exc:
+        print(f"error: cannot use the TLS files: {exc}", file=sys.stderr)
+        return 2
     try:
         if args.command == "models":
             return _print_models(client, args.json)

@@ -10,7 +10,8 @@ Decoding is CPU work on untrusted input, so it is fenced in:
 * it runs in a small thread pool behind a bound (`Decoder`), off the event loop, and a full pool
   answers "overloaded" at once instead of queueing without limit.
 
-What it produces: EXIF orientation applied, transparency composited onto a background colour
+What it produces: the first frame of an animated image (APNG, animated WebP), EXIF orientation
+applied, transparency composited onto a background colour
 (the model cannot see alpha, and what hides under transparent pixels is arbitrary), converted to
 the model's channels (L for 1, RGB for 3), resized to the model's input size (bilinear, aspect
 ratio not kept, as Keras' `image_dataset_from_directory` and `tf.image.resize` do), as

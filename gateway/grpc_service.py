@@ -75,12 +75,25 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
             return pb.ClassifyBatchResponse(responses=[converters.classification_to_proto(r) for r in results])
 
     async def ClassifyStream(self, request_iterator, context) -> AsyncIterator[pb.ClassifyResponse]:
-        """Answers in request order; up to `stream_window` images are in flight (and batch) at once."""
+        """Answers in request order; up to `stream_window` images are in flight (and batch) at once.
+
+        A bad message ends the stream with its error after the answers to the messages before it,
+        whether its image is bad or the message itself did not parse (MessageGuard raises that
+        from the request iterator)."""
         async with self._call(context, "ClassifyStream") as record:
             pending: collections.deque[asyncio.Task] = collections.deque()
+            requests = aiter(request_iterator)
+            broken: GatewayError | None = None
             try:
                 index = 0
-                async for request in request_iterator:
+                while True:
+                    try:
+                        request = await anext(requests)
+                    except StopAsyncIteration:
+                        break
+                    except GatewayError as exc:
+                        broken = GatewayError(f"stream message {index}: {exc.message}", exc.kind)
+                        break
                     pending.append(asyncio.create_task(
                         self._stream_item(index, converters.input_from_proto(request), context)))
                     index += 1
@@ -88,6 +101,8 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
                         yield self._stream_answer(record, await pending.popleft())
                 while pending:
                     yield self._stream_answer(record, await pending.popleft())
+                if broken is not None:
+                    raise broken
             finally:  # the stream ended early (an error, or the client went away)
                 for task in pending:
                     task.cancel()

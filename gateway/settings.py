@@ -151,7 +151,7 @@ class Settings(BaseSettings):
     @classmethod
     def _split_lists(cls, value: Any) -> Any:
         if isinstance(value, str):
-            value = [part for part in value.replace(" ", "").split(",") if part]
+            value = [part.strip() for part in value.split(",") if part.strip()]
         return value
 
     @field_validator("allowed_formats")

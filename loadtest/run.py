@@ -76,6 +76,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--processes", type=int, default=1, metavar="N",
                         help="Locust processes generating load, -1 for one per core; use more when "
                              "one process saturates a core (default: %(default)s)")
+    parser.add_argument("--models-dir", type=Path, default=stack.DEFAULT_MODELS_DIR, metavar="DIR",
+                        help="without --host: serve the default model `fashion` from this models "
+                             "directory (default: models)")
     parser.add_argument("--report-dir", type=Path, default=None, metavar="DIR",
                         help="where to write the report (default: reports/loadtest/<timestamp>)")
     parser.add_argument("--verbose", action="store_true", help="echo the servers' logs")
@@ -131,7 +134,8 @@ def target_for(args: argparse.Namespace, report_dir: Path) -> Iterator[Target]:
                      f"the gateway at {args.host} (gRPC {grpc_target}): {describe_models(grpc_target)}")
         return
     print("starting the stack (model server + gateway) on the default model ...", file=sys.stderr, flush=True)
-    server = stack.start_model_server(echo=args.verbose, log_path=report_dir / "serving.log")
+    server = stack.start_model_server(model_base_path=args.models_dir / stack.DEFAULT_MODEL, echo=args.verbose,
+                                      log_path=report_dir / "serving.log")
     try:
         gw = stack.start_gateway(backend=server.grpc_target, echo=args.verbose,
                                  log_path=report_dir / "gateway.log")
@@ -197,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     files = sorted({p.name for p in report_dir.iterdir()} | {"summary.md"})
     text = summary.render(
         title=f"Load test {started}: {'PASS' if code == 0 else 'FAIL'}", verdict=verdict, exit_code=code,
-        target=target.description, settings=settings_of(args), machine=host_machine,
+        target=target.description, batch_images=args.batch_images, settings=settings_of(args),
+        machine=host_machine,
         csv_prefix=report_dir / CSV_PREFIX, files=files)
     (report_dir / "summary.md").write_text(text, encoding="utf-8")
     print(f"\nreport: {report_dir}/summary.md (HTML: {report_dir}/report.html)", file=sys.stderr)

@@ -101,6 +101,22 @@ def requests_from_csv(rows: Sequence[Mapping[str, str]]) -> list[dict]:
              "max_ms": r["Max Response Time"], "rps": float(r["Requests/s"])} for r in rows]
 
 
+MULTI_IMAGE_RPCS = ("ClassifyBatch", "ClassifyStream")
+
+
+def images_per_second(rows: Sequence[Mapping], batch_images: int) -> float:
+    """Images classified per second: batch and stream calls carry `batch_images` images each."""
+    total = 0.0
+    for r in rows:
+        if r["name"] == AGGREGATED:
+            continue
+        if r["name"] in MULTI_IMAGE_RPCS:
+            total += r["rps"] * batch_images
+        elif "classify" in r["name"].lower():
+            total += r["rps"]
+    return total
+
+
 def requests_table(rows: Sequence[Mapping]) -> list[str]:
     if not rows:
         return ["No statistics were written."]
@@ -165,7 +181,7 @@ def verdict_lines(verdict: Mapping | None, exit_code: int | None) -> list[str]:
     return lines
 
 
-def render(*, title: str, verdict: Mapping | None, exit_code: int | None, target: str,
+def render(*, title: str, verdict: Mapping | None, exit_code: int | None, target: str, batch_images: int,
            settings: Mapping[str, object], machine: Machine, csv_prefix: Path, files: Sequence[str]) -> str:
     requests = (verdict or {}).get("requests") or requests_from_csv(
         read_csv(csv_prefix.with_name(csv_prefix.name + "_stats.csv")))
@@ -176,6 +192,8 @@ def render(*, title: str, verdict: Mapping | None, exit_code: int | None, target
         f"Target: {target}", "",
         "## Verdict", "", *verdict_lines(verdict, exit_code), "",
         "## Requests", "", *requests_table(requests), "",
+        f"Images classified: ≈ {images_per_second(requests, batch_images):,.1f} per second "
+        f"({' and '.join(MULTI_IMAGE_RPCS)} carry {batch_images} images per request).", "",
         "## By stage", "", *stages_table(stages(history)), "",
         "## Failures", "", *failures_table(failures), "",
         "## Settings", "", "| setting | value |", "|---|---|",

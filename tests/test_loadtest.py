@@ -152,6 +152,37 @@ def test_stages_find_the_knee():
     assert summary.knee(found).users == 6  # 6 -> 8 users adds < 10 %
 
 
+def test_images_per_second_counts_the_images_batch_calls_carry():
+    rows = [{"name": "Classify", "rps": 10.0}, {"name": "ClassifyBatch", "rps": 2.0},
+            {"name": "/v1/classify (raw body)", "rps": 3.0}, {"name": "ListModels", "rps": 1.0},
+            {"name": "Aggregated", "rps": 16.0}]
+    assert summary.images_per_second(rows, batch_images=8) == 10 + 16 + 3
+
+
+def test_bench_goals_judge_batching_against_the_better_off_variant():
+    from loadtest import bench_report as br
+    from loadtest.loadgen import LOADGEN_CPU, Sample
+    from loadtest.machine import describe
+
+    def sample(series: str, calls: int) -> Sample:
+        return Sample(series, 32, 2, 1.0, 1, calls=calls, latencies_ms=[5.0] * 10,
+                      cpu_seconds={LOADGEN_CPU: calls / 1000})
+
+    result = br.BenchResult(started="now", machine=describe(), settings={}, samples=[
+        sample(br.SERIES_GATEWAY_ON, 300), sample(br.SERIES_GATEWAY_OFF, 100),
+        sample(br.SERIES_GATEWAY_OFF_WIDE, 250), sample(br.SERIES_DIRECT_BYTES, 310)])
+    found = br.goals(result)
+
+    def goal(prefix: str) -> br.Goal:
+        return next(g for g in found if g.name.startswith(prefix))
+
+    batching = goal("gateway micro-batching on vs off")
+    assert batching.met is False and "1.20×" in batching.measured  # 300 / 250, not 300 / 100
+    assert goal("through the gateway vs direct Predict").met is True
+    assert goal("model server Predict vs in-process").met is None  # not measured in this result
+    assert "not measured" in br.render(result, found)
+
+
 # -- a real run ----------------------------------------------------------------------------------
 
 def run_loadtest(gateway, report_dir: Path, *extra: str) -> subprocess.CompletedProcess:

@@ -26,7 +26,7 @@ from training.backbones import BACKBONES, build_model
 from training.datasets import DATASETS
 from training.datasets.fashion_mnist import LABELS, load_arrays
 from training.errors import TrainingError
-from training.export import export_model, next_version, verify_export
+from training.export import export_model, inference_copy, next_version, verify_export
 from training.imaging import InputSpec, decode_to_input, fit_to_input
 from training.schedule import OneCycle
 from training.trainer import TrainConfig, train
@@ -289,7 +289,8 @@ def test_a_corrupt_idx_file_is_reported_not_crashed(tmp_path):
 # --- the command line -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, expected", [
-    (["--data-dir", "/nonexistent/fashion"], "--data-dir /nonexistent/fashion is not a directory"),
+    (["--data-dir", "/nonexistent/fashion"], "Fashion-MNIST not found: /nonexistent/fashion is not a directory "
+                                             "(install the Debian package dataset-fashion-mnist"),
     (["--data-dir", "{empty}"], "install the Debian package dataset-fashion-mnist"),
     (["--dataset", "folder"], "--dataset folder needs --data-dir DIR"),
 ])
@@ -311,7 +312,7 @@ def test_weights_a_backbone_does_not_offer_are_refused_clearly(tmp_path):
 
 
 def test_weights_from_an_earlier_run_are_loaded(trained, tmp_path):
-    trained.save_weights(tmp_path / "model.weights.h5")
+    inference_copy(trained).save_weights(tmp_path / "model.weights.h5")  # as the report does
     again = build_model(BACKBONES["small_cnn"], GREY28, 10, str(tmp_path / "model.weights.h5"))
     for a, b in zip(trained.get_weights(), again.get_weights()):
         assert np.array_equal(a, b)

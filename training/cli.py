@@ -10,9 +10,13 @@ import argparse
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from training.profiles import DEFAULT_PROFILE, PROFILES
 from training.quiet import import_tensorflow_quietly
+
+if TYPE_CHECKING:  # pipeline imports TensorFlow, which main() imports quietly first
+    from training.pipeline import Options
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # one directory level, as TF Serving names models
 ALL = "all"  # --limit all: every training image, whatever the profile says
@@ -124,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def options_from(args: argparse.Namespace):
+def options_from(args: argparse.Namespace) -> Options:
     """Merge the chosen profile's defaults with the flags that were given."""
     from training.pipeline import Options
 

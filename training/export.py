@@ -34,16 +34,24 @@ BYTES_SIGNATURE = "image_bytes"
 TOLERANCE = 1e-5  # max abs difference in scores between reloaded and in-memory model
 
 
+def inference_copy(model: keras.Model) -> keras.Model:
+    """A fresh, uncompiled copy of `model` holding only its weights.
+
+    The trained model also tracks its optimiser state, which would triple the size of what is
+    saved and serve no request. (keras.models.clone_model would re-compile the copy and bring an
+    optimiser back.)
+    """
+    copy = keras.Model.from_config(model.get_config())
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 class ServingModule(tf.Module):
     """What gets saved: the Keras model, its labels and the two signature functions."""
 
     def __init__(self, model: keras.Model, labels: list[str], spec: InputSpec):
         super().__init__()
-        # A fresh, uncompiled copy holding only the weights: the trained model also tracks its
-        # optimiser state, which would triple the SavedModel's size and serve no request.
-        # (keras.models.clone_model would re-compile the copy and bring an optimiser back.)
-        self.model = keras.Model.from_config(model.get_config())
-        self.model.set_weights(model.get_weights())
+        self.model = inference_copy(model)
         self.spec = spec
         self.labels = tf.constant(labels, dtype=tf.string)
         self.predict_pixels = tf.function(

@@ -19,7 +19,7 @@ import tensorflow as tf
 from training.backbones import BACKBONES, build_model
 from training.datasets import DATASETS
 from training.errors import TrainingError
-from training.export import export_model
+from training.export import export_model, inference_copy
 from training.report import write_report
 from training.trainer import TrainConfig, evaluate, train
 
@@ -97,7 +97,7 @@ def run(options: Options, echo: Callable[[str], None] = print) -> Outcome:
     report_dir = options.report_dir or (
         DEFAULT_REPORTS / f"{options.model_name}-v{export_dir.name}-{finished:%Y%m%d-%H%M%S}")
     report_dir.mkdir(parents=True, exist_ok=True)
-    model.save_weights(report_dir / "model.weights.h5")
+    inference_copy(model).save_weights(report_dir / "model.weights.h5")  # for --weights PATH
     settings = {key: str(value) if isinstance(value, Path) else value for key, value in asdict(options).items()}
     page = write_report(report_dir, run={
         "model_name": options.model_name, "version": int(export_dir.name), "export_dir": str(export_dir),

@@ -1,8 +1,8 @@
 """Named sets of training defaults (`--profile`); explicit flags override any of them.
 
-`full` is the recipe behind the committed `models/fashion/1` (`make train-full`): about 40-60
-minutes on two shared cores. `quick` (`make train`, and the default) trades accuracy for a run of
-about two minutes, for trying the pipeline end to end.
+`full` is the recipe behind the committed `models/fashion/1` (`make train-full`): 35 minutes on
+two shared cores, 93.5 % test accuracy. `quick` (`make train`, and the default) trades accuracy
+for a run of about two minutes (about 83 %), for trying the pipeline end to end.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    "quick": Profile(name="quick", summary="2 epochs on 24,000 images, about two minutes",
-                     epochs=2, batch_size=128, limit=24000, learning_rate=3e-3, warmup_fraction=0.15),
-    "full": Profile(name="full", summary="15 epochs on all images, about 30-45 minutes: the committed default model",
+    # Small batches: more steps for the same compute, which is what a two-epoch run lacks.
+    "quick": Profile(name="quick", summary="2 epochs on 16,000 images, about two minutes (~83 %)",
+                     epochs=2, batch_size=64, limit=16000, learning_rate=3e-3, warmup_fraction=0.15),
+    "full": Profile(name="full", summary="15 epochs on all images, 35 minutes here (93.5 %): the committed model",
                     epochs=15, batch_size=128, limit=None, learning_rate=3e-3, warmup_fraction=0.15),
 }
 DEFAULT_PROFILE = "quick"

@@ -104,7 +104,8 @@ def train(model: keras.Model, splits: DataSplits, augmentation: Augmentation, co
     optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
     optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
     model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(),
-                  metrics=["accuracy"])
+                  # XLA costs 10-20 s of compiling per run and saved no step time here (CPU)
+                  metrics=["accuracy"], jit_compile=False)
     log = _EpochLog(config.epochs, lambda: float(schedule(optimizer.iterations)), echo)
     model.fit(batched(splits.train, config.batch_size, augmentation),
               validation_data=batched(splits.val, EVAL_BATCH),

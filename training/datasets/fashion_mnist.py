@@ -29,20 +29,23 @@ FILES = {
 }
 
 
+def _not_found(what: str) -> TrainingError:
+    return TrainingError(
+        f"Fashion-MNIST not found: {what} (install the Debian package {DEBIAN_PACKAGE}: "
+        f"apt-get install {DEBIAN_PACKAGE}, or pass --data-dir DIR holding the four idx files)")
+
+
 def _find(data_dir: Path, stem: str) -> Path:
     for name in (f"{stem}.gz", stem):
         if (data_dir / name).is_file():
             return data_dir / name
-    raise TrainingError(
-        f"Fashion-MNIST not found: {data_dir / (stem + '.gz')} is missing "
-        f"(install the Debian package {DEBIAN_PACKAGE}: apt-get install {DEBIAN_PACKAGE}, "
-        f"or pass --data-dir DIR holding the four idx files)")
+    raise _not_found(f"{data_dir / (stem + '.gz')} is missing")
 
 
 def load_arrays(data_dir: Path) -> dict[str, np.ndarray]:
     """The four arrays: images `[n, 28, 28, 1]` uint8 and labels `[n]` int32, checked for sense."""
     if not data_dir.is_dir():
-        raise TrainingError(f"--data-dir {data_dir} is not a directory")
+        raise _not_found(f"{data_dir} is not a directory")
     arrays = {key: read_idx(_find(data_dir, stem)) for key, stem in FILES.items()}
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
