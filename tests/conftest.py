@@ -30,7 +30,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def run_training(models_dir: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run `python -m training` as a user would; returns the completed process (check=True)."""
-    cmd = [sys.executable, "-m", "training", "--models-dir", str(models_dir), *args]
+    report_dir = models_dir.parent / f"report-{models_dir.name}"  # keep reports out of the repo
+    cmd = [sys.executable, "-m", "training", "--models-dir", str(models_dir), "--report-dir", str(report_dir), *args]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=True)
 
 
