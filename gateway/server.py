@@ -70,7 +70,9 @@ class _EmbeddedUvicorn(uvicorn.Server):
 def bind_tcp(host: str, port: int) -> socket.socket:
     """A listening-ready TCP socket on host:port (port 0: the kernel picks one)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections only when the
+    # listening socket says it is TCP; without it, reused REST connections pay Nagle's ~40 ms.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))

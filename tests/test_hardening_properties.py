@@ -10,7 +10,8 @@ answer - never a 5xx / INTERNAL / UNKNOWN, never a dead process.
   may not be protobuf at all.
 
 Example counts stay modest (the run takes seconds); the examples are derandomized so CI runs the
-same ones every time, and no example database is written into the work tree.
+same ones every time, and no example database is kept (hypothesis's caches go to the git-ignored
+.hypothesis/).
 """
 
 from __future__ import annotations

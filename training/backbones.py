@@ -5,9 +5,10 @@ Every builder returns a Keras model that takes raw pixel values (float32 in 0..2
 expects is a layer inside that model, so the exported graph carries it and nobody re-implements it
 outside. The export adds only the uint8 -> float32 cast in front.
 
-Transfer-learning backbones (mobilenet_v2, efficientnet_b0, vgg16, inception_v3) plug in as more
-`Backbone` entries: a fixed `input_spec` (e.g. 224x224x3), `weight_sets=("imagenet",)`, and a
-builder that puts the application's own `preprocess_input` in front of the frozen base.
+Transfer-learning backbones (mobilenet_v2, efficientnet_b0, vgg16, inception_v3; training.transfer)
+are more `Backbone` entries: a default input (224x224x3, 299 for Inception) that `--image-size`
+may shrink down to the architecture's minimum, `weight_sets=("imagenet",)`, and a builder that puts
+the application's own `preprocess_input` in front of the frozen base.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import keras
 from keras import layers
 
+from training import transfer
 from training.errors import TrainingError
 from training.imaging import InputSpec
 
@@ -39,10 +41,19 @@ class Backbone:
     #: named pre-trained weight sets the builder can start from, e.g. ("imagenet",)
     weight_sets: tuple[str, ...] = ()
     default_weights: str = "none"
+    #: smallest square input the architecture takes (None: any size)
+    min_size: int | None = None
+    #: top layers of the pre-trained base unfrozen in the fine-tuning phase (0: no base to fine-tune)
+    fine_tune_layers: int = 0
 
-    def input_for(self, natural: InputSpec) -> InputSpec:
-        """The input this backbone takes for data whose own images look like `natural`."""
-        return self.input_spec or natural
+    def input_for(self, natural: InputSpec, size: int | None = None) -> InputSpec:
+        """The input this backbone takes for data like `natural`, or `size` x `size` when given."""
+        spec = self.input_spec or natural
+        if size is None:
+            return spec
+        if self.min_size is not None and size < self.min_size:
+            raise TrainingError(f"--image-size {size} is too small for {self.name} (at least {self.min_size})")
+        return InputSpec(size, size, spec.channels)
 
 
 def _conv_bn_relu(x, filters: int):
@@ -80,6 +91,20 @@ BACKBONES: dict[str, Backbone] = {
         summary="compact VGG-style CNN trained from scratch; takes the data set's own image size",
         build=build_small_cnn,
     ),
+    **{
+        name: Backbone(
+            name=name,
+            summary=f"keras.applications {app.constructor.__name__} base + new head, two-phase transfer "
+                    f"learning; {app.default_size}x{app.default_size} (--image-size >= {app.min_size})",
+            build=transfer.application_builder(name, app),
+            input_spec=InputSpec(app.default_size, app.default_size, 3),
+            weight_sets=("imagenet",),
+            default_weights="imagenet",
+            min_size=app.min_size,
+            fine_tune_layers=app.fine_tune_layers,
+        )
+        for name, app in transfer.APPLICATIONS.items()
+    },
 }
 
 
@@ -87,7 +112,8 @@ def build_model(backbone: Backbone, spec: InputSpec, num_classes: int, weights: 
     """Build `backbone` for `spec`; `weights` is a named set, "none", a weights file, or None (default).
 
     A file is a Keras `.weights.h5` of the same architecture (training writes one beside each
-    report), for continuing from an earlier run.
+    report), for continuing from an earlier run; for a transfer backbone it may instead be the
+    base network's own weights file (e.g. Keras' ImageNet `..._notop.h5`, downloaded elsewhere).
     """
     weights = weights or backbone.default_weights
     named = weights in backbone.weight_sets
@@ -102,6 +128,13 @@ def build_model(backbone: Backbone, spec: InputSpec, num_classes: int, weights: 
         try:
             model.load_weights(path)
         except (ValueError, OSError) as exc:
-            raise TrainingError(f"--weights {path} does not fit backbone {backbone.name} "
-                                f"with {num_classes} classes at {spec.shape}: {exc}") from exc
+            if not transfer.has_base(model):
+                raise TrainingError(f"--weights {path} does not fit backbone {backbone.name} "
+                                    f"with {num_classes} classes at {spec.shape}: {exc}") from exc
+            try:
+                transfer.load_base_weights(model, path)
+            except (ValueError, OSError) as base_exc:
+                raise TrainingError(f"--weights {path} is neither a model from an earlier {backbone.name} run "
+                                    f"with {num_classes} classes at {spec.shape} nor the weights of its "
+                                    f"base network: {base_exc}") from base_exc
     return model

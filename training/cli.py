@@ -39,6 +39,10 @@ data sets:
 
 backbones:
 {chr(10).join(f"  {b.name:<14} {b.summary}" for b in backbones.values())}
+  Transfer backbones carry their own preprocessing in the model and train in two phases: the new
+  head on the frozen base (--epochs, --learning-rate), then the top --fine-tune-layers of the base
+  as well (--fine-tune-epochs at --fine-tune-learning-rate). --weights imagenet needs the Keras
+  download (or the file in ~/.keras/models/); offline, pass --weights PATH to the .h5 file.
 
 output:
   <models-dir>/<model-name>/<version>/  a SavedModel (next free version number), written
@@ -62,6 +66,17 @@ def _positive(convert, kind: str):
 
 _positive_int = _positive(int, "integer")
 _positive_float = _positive(float, "number")
+
+
+def _count(text: str) -> int:
+    """A whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
+    return value
 
 
 def _limit(text: str) -> int | str:
@@ -107,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="starting weights: a named pre-trained set (imagenet, for backbones that have "
                              "one), none (random), or a .weights.h5 file from an earlier report "
                              "(default: the backbone's own, none for small_cnn)")
+    parser.add_argument("--image-size", type=_positive_int, metavar="N",
+                        help="square input size in pixels instead of the backbone's own (224, 299 for "
+                             "inception_v3; 64 for small_cnn on a folder); at least 32, 75 for inception_v3")
     parser.add_argument("--epochs", type=_positive_int, metavar="N",
                         help=f"passes over the training images ({_by_profile('epochs')})")
     parser.add_argument("--batch-size", type=_positive_int, metavar="N",
@@ -116,6 +134,25 @@ def build_parser() -> argparse.ArgumentParser:
                              f"({_by_profile('limit')})")
     parser.add_argument("--learning-rate", type=_positive_float, metavar="LR",
                         help=f"peak learning rate of the one-cycle schedule, AdamW ({_by_profile('learning_rate')})")
+    parser.add_argument("--fine-tune-epochs", type=_count, metavar="N",
+                        help="transfer backbones: epochs of the second phase, with the top of the base "
+                             "unfrozen; 0 skips it (default: as many as --epochs)")
+    parser.add_argument("--fine-tune-layers", type=_count, metavar="N",
+                        help="transfer backbones: how many top layers of the base the second phase trains, "
+                             "batch norm excepted (default: mobilenet_v2 30, efficientnet_b0 30, vgg16 4, "
+                             "inception_v3 60)")
+    parser.add_argument("--fine-tune-learning-rate", type=_positive_float, metavar="LR",
+                        help="peak learning rate of the second phase (default: --learning-rate / 100)")
+    parser.add_argument("--patience", type=_count, default=3, metavar="N",
+                        help="stop a phase after N epochs without a lower validation loss and keep its best "
+                             "epoch's weights; 0 never stops early (default 3)")
+    parser.add_argument("--class-weights", choices=("balanced", "none"), default="balanced",
+                        help="balanced: weight the loss so every folder class counts equally however many "
+                             "images it has (default balanced)")
+    parser.add_argument("--compress", choices=("float16", "int8"), action="append", default=[],
+                        help="also export a smaller variant as model NAME-float16 or NAME-int8 (weights "
+                             "stored as float16, or quantized to int8 per channel), with a size, accuracy "
+                             "and latency comparison; may be repeated")
     parser.add_argument("--seed", type=int, default=42, metavar="N",
                         help="seed for the data split, shuffling, augmentation and initial weights (default 42)")
     parser.add_argument("--model-name", type=_model_name, default="fashion", metavar="NAME",
@@ -143,7 +180,10 @@ def options_from(args: argparse.Namespace) -> Options:
         limit=None if args.limit == ALL else pick(args.limit, profile.limit),
         seed=args.seed, learning_rate=pick(args.learning_rate, profile.learning_rate),
         warmup_fraction=profile.warmup_fraction, model_name=args.model_name, models_dir=args.models_dir,
-        report_dir=args.report_dir, profile=profile.name)
+        report_dir=args.report_dir, profile=profile.name, image_size=args.image_size,
+        patience=args.patience or None, class_weights=args.class_weights,
+        fine_tune_epochs=args.fine_tune_epochs, fine_tune_layers=args.fine_tune_layers,
+        fine_tune_learning_rate=args.fine_tune_learning_rate, compress=tuple(dict.fromkeys(args.compress)))
 
 
 def main(argv: list[str] | None = None) -> int:

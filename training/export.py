@@ -8,7 +8,8 @@ The SavedModel wraps the Keras model in two signatures:
   model's channels and resized in the graph (training.imaging), then the same path as above.
 
 The only thing added in front of the model is the uint8 -> float32 cast; scaling lives in the
-model. Writing is atomic: save to a hidden temporary directory beside the target, add the warm-up
+model. With a `WeightCodec` (training.compress) the weights are stored as float16 or int8 and
+decoded in the graph: a smaller variant with the same signatures. Writing is atomic: save to a hidden temporary directory beside the target, add the warm-up
 records, reload and compare with the in-memory model, and only then rename it to `<version>/`.
 TF Serving ignores directories whose names are not numbers, so it never sees the temporary one.
 """
@@ -26,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from training import warmup
+from training.compress import CompressedWeights, WeightCodec
 from training.errors import ExportError
 from training.imaging import InputSpec, decode_to_input
 
@@ -47,11 +49,11 @@ def inference_copy(model: keras.Model) -> keras.Model:
 
 
 class ServingModule(tf.Module):
-    """What gets saved: the Keras model, its labels and the two signature functions."""
+    """What gets saved: the Keras model (or its compressed weights), its labels and the two signatures."""
 
-    def __init__(self, model: keras.Model, labels: list[str], spec: InputSpec):
+    def __init__(self, model: keras.Model, labels: list[str], spec: InputSpec, codec: WeightCodec | None = None):
         super().__init__()
-        self.model = inference_copy(model)
+        self.model = inference_copy(model) if codec is None else CompressedWeights(inference_copy(model), codec)
         self.spec = spec
         self.labels = tf.constant(labels, dtype=tf.string)
         self.predict_pixels = tf.function(
@@ -99,8 +101,11 @@ def _check_signature(loaded, name: str, input_key: str, input_dtype: tf.DType, i
                           f"of shape [None, {num_classes}]")
 
 
-def verify_export(export_dir: Path, model: keras.Model, labels: list[str], samples: np.ndarray) -> None:
+def verify_export(export_dir: Path, model: keras.Model | CompressedWeights, labels: list[str],
+                  samples: np.ndarray) -> None:
     """Reload `export_dir` and prove it serves what `model` computes; raises ExportError if not.
+
+    `model` is the Keras model, or for a compressed export the `CompressedWeights` it was saved from.
 
     Checks the signature names, dtypes and shapes; the pixel signature's scores against the
     in-memory model (within TOLERANCE); the labels in `classes`; that PNG-encoded samples through
@@ -132,20 +137,21 @@ def verify_export(export_dir: Path, model: keras.Model, labels: list[str], sampl
 
 
 def export_model(model: keras.Model, labels: list[str], spec: InputSpec, base: Path, samples: np.ndarray,
-                 *, model_name: str,
+                 *, model_name: str, codec: WeightCodec | None = None,
                  verify: Callable[[Path, keras.Model, list[str], np.ndarray], None] = verify_export) -> Path:
     """Write `model` as the next version under `base` (`<models-dir>/<name>`); returns its path.
 
     `samples` (uint8 `[n, H, W, C]`, a few real images) feed the warm-up records and the
-    verification. On any failure the temporary directory is removed and no version appears.
+    verification. With `codec`, the weights are stored compressed and verified against what the
+    decoded weights compute. On any failure the temporary directory is removed and no version appears.
     """
     base.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-export-", dir=base))
     try:
-        module = ServingModule(model, labels, spec)
+        module = ServingModule(model, labels, spec, codec)
         tf.saved_model.save(module, str(tmp), signatures=module.signatures())
         warmup.write_warmup(tmp, model_name, samples)
-        verify(tmp, model, labels, samples)
+        verify(tmp, model if codec is None else module.model, labels, samples)
         while True:  # another exporter may take a number between our look and our rename
             target = base / str(next_version(base))
             try:

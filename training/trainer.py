@@ -29,6 +29,14 @@ class TrainConfig:
     learning_rate: float  # the peak of the one-cycle schedule
     weight_decay: float = 1e-4
     warmup_fraction: float = 0.15
+    #: stop when val_loss has not improved for this many epochs, and keep the best epoch's weights
+    patience: int | None = None
+    #: loss weight per class index (None: every class counts the same)
+    class_weight: dict[int, float] | None = None
+    #: first epoch number to print, so a second phase continues the count
+    first_epoch: int = 1
+    #: the phase named in each progress line ("" for a single-phase run)
+    phase: str = ""
 
 
 @dataclass
@@ -40,9 +48,11 @@ class EpochStats:
     val_accuracy: float
     learning_rate: float
     seconds: float
+    phase: str = ""
 
     def line(self, epochs: int) -> str:
-        return (f"epoch {self.epoch:>2}/{epochs}  loss {self.loss:.4f}  accuracy {self.accuracy:.4f}  "
+        phase = f"{self.phase} " if self.phase else ""
+        return (f"{phase}epoch {self.epoch:>2}/{epochs}  loss {self.loss:.4f}  accuracy {self.accuracy:.4f}  "
                 f"val_loss {self.val_loss:.4f}  val_accuracy {self.val_accuracy:.4f}  "
                 f"lr {self.learning_rate:.2e}  {self.seconds:.0f}s")
 
@@ -65,9 +75,9 @@ class Evaluation:
 class _EpochLog(keras.callbacks.Callback):
     """Prints one line per epoch (Keras' own bars are noise in a log file) and keeps the stats."""
 
-    def __init__(self, epochs: int, learning_rate: Callable[[], float], echo: Callable[[str], None]):
+    def __init__(self, config: TrainConfig, learning_rate: Callable[[], float], echo: Callable[[str], None]):
         super().__init__()
-        self.epochs, self.learning_rate, self.echo = epochs, learning_rate, echo
+        self.config, self.learning_rate, self.echo = config, learning_rate, echo
         self.stats: list[EpochStats] = []
         self._start = 0.0
 
@@ -76,11 +86,12 @@ class _EpochLog(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        stats = EpochStats(epoch=epoch + 1, loss=float(logs["loss"]), accuracy=float(logs["accuracy"]),
+        stats = EpochStats(epoch=self.config.first_epoch + epoch, loss=float(logs["loss"]), accuracy=float(logs["accuracy"]),
                            val_loss=float(logs["val_loss"]), val_accuracy=float(logs["val_accuracy"]),
-                           learning_rate=self.learning_rate(), seconds=time.monotonic() - self._start)
+                           learning_rate=self.learning_rate(), seconds=time.monotonic() - self._start,
+                           phase=self.config.phase)
         self.stats.append(stats)
-        self.echo(stats.line(self.epochs))
+        self.echo(stats.line(self.config.first_epoch + self.config.epochs - 1))
 
 
 def to_model_input(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -97,7 +108,11 @@ def batched(ds: tf.data.Dataset, batch_size: int, augmentation: Augmentation | N
 
 def train(model: keras.Model, splits: DataSplits, augmentation: Augmentation, config: TrainConfig,
           echo: Callable[[str], None] = print) -> list[EpochStats]:
-    """Compile and fit `model`; returns the per-epoch statistics (also printed as it goes)."""
+    """Compile and fit `model` (its trainable layers); returns the per-epoch statistics, also printed.
+
+    With `config.patience`, training stops once validation loss stops improving and the weights
+    of the best epoch are restored, whether or not it stopped early.
+    """
     steps_per_epoch = math.ceil(splits.train_count / config.batch_size)
     schedule = OneCycle(peak=config.learning_rate, total_steps=config.epochs * steps_per_epoch,
                         warmup_fraction=config.warmup_fraction)
@@ -106,11 +121,28 @@ def train(model: keras.Model, splits: DataSplits, augmentation: Augmentation, co
     model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(),
                   # XLA costs 10-20 s of compiling per run and saved no step time here (CPU)
                   metrics=["accuracy"], jit_compile=False)
-    log = _EpochLog(config.epochs, lambda: float(schedule(optimizer.iterations)), echo)
+    log = _EpochLog(config, lambda: float(schedule(optimizer.iterations)), echo)
+    callbacks: list[keras.callbacks.Callback] = [log]
+    if config.patience is not None:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
+                                                       restore_best_weights=True))
     model.fit(batched(splits.train, config.batch_size, augmentation),
-              validation_data=batched(splits.val, EVAL_BATCH),
-              epochs=config.epochs, shuffle=False, verbose=0, callbacks=[log])  # data is shuffled
+              validation_data=batched(splits.val, EVAL_BATCH), class_weight=config.class_weight,
+              epochs=config.epochs, shuffle=False, verbose=0, callbacks=callbacks)  # data is shuffled
+    if len(log.stats) < config.epochs:
+        echo(f"early stop: val_loss did not improve for {config.patience} epochs")
     return log.stats
+
+
+def balanced_class_weights(counts: list[int]) -> dict[int, float] | None:
+    """Weights that make every class count as much in the loss as if the classes were equal in size.
+
+    `total / (classes * count)`, as scikit-learn's "balanced"; None when the classes already are.
+    """
+    total, k = sum(counts), len(counts)
+    if len(set(counts)) <= 1 or not all(counts):
+        return None
+    return {index: total / (k * count) for index, count in enumerate(counts)}
 
 
 def evaluate(model: keras.Model, ds: tf.data.Dataset, num_classes: int) -> Evaluation:

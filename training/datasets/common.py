@@ -35,6 +35,8 @@ class DataSplits:
     test_count: int
     test_name: str = "test"
     description: str = ""
+    #: training images per class index, for class weights (None: not counted, taken as balanced)
+    train_class_counts: list[int] | None = None
 
 
 class DataSource(Protocol):

@@ -118,4 +118,5 @@ class ImageFolder:
             test_count=len(test),
             test_name=test_name,
             description=f"image folder {data_dir}",
+            train_class_counts=[sum(1 for _, index in train if index == i) for i in range(len(labels))],
         )
