@@ -13,13 +13,15 @@ Bounds and fairness:
   caller gave up is cancelled;
 * a batch's deadline is the earliest of its callers' deadlines; items already past theirs fail with
   DEADLINE_EXCEEDED instead of being sent;
-* a batch holds items of one `key` only (the model version they were prepared for).
+* a batch holds items of one `key` only (the model version they were prepared for);
+* the backend call runs in the context (contextvars: trace, request ids) of the batch's oldest caller.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Generic, Hashable, TypeVar
@@ -49,6 +51,7 @@ class _Item:
     deadline: float
     enqueued: float
     future: asyncio.Future = field(repr=False)
+    context: contextvars.Context = field(repr=False, default_factory=contextvars.copy_context)
 
 
 class MicroBatcher(Generic[R]):
@@ -83,7 +86,9 @@ class MicroBatcher(Generic[R]):
             raise Overloaded(f"model {self.name} has {self.max_queue} requests queued; retry later")
         loop = asyncio.get_running_loop()
         if self._worker is None:
-            self._worker = loop.create_task(self._run(), name=f"batcher-{self.name}")
+            # A fresh context: the long-lived worker must not keep the first caller's (trace, ids).
+            self._worker = loop.create_task(self._run(), name=f"batcher-{self.name}",
+                                            context=contextvars.Context())
         item = _Item(key, payload, deadline, loop.time(), loop.create_future())
         self._queue.append(item)
         self._changed()
@@ -123,7 +128,9 @@ class MicroBatcher(Generic[R]):
             except BaseException:
                 self._slots.release()
                 raise
-            task = loop.create_task(self._send_batch(batch, loop))
+            # The backend call runs in its oldest caller's context, so a trace started by that
+            # request continues into the Predict that answers it.
+            task = loop.create_task(self._send_batch(batch, loop), context=batch[0].context.copy())
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
 

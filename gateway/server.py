@@ -45,6 +45,7 @@ from gateway.resilience import CircuitBreaker, RetryBudget
 from gateway.rest import create_app
 from gateway.settings import Settings, SettingsError, env_name, flag_name, load_settings
 from gateway.tls import TlsConfigError, backend_credentials, uvicorn_ssl_options
+from gateway.tracing import start_tracing
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ async def serve(settings: Settings) -> int:
     except TlsConfigError as exc:
         log.error("invalid TLS settings: %s", exc)
         return 2
+    tracing = start_tracing(settings)  # before any grpc.aio server or channel exists
     auth = ApiKeyAuth([key.get_secret_value() for key in settings.api_keys], settings.public_health_and_metrics)
     metrics = Metrics()
     circuit = CircuitBreaker(settings.circuit_failure_threshold, settings.circuit_open_seconds,
@@ -113,8 +115,10 @@ async def serve(settings: Settings) -> int:
         await backend.close()
         decoder.close()
         return 1
+    app = create_app(settings, service, metrics, auth)
+    tracing.instrument_app(app)
     http_server = _EmbeddedUvicorn(uvicorn.Config(
-        create_app(settings, service, metrics, auth), lifespan="off", log_config=None,
+        app, lifespan="off", log_config=None,
         access_log=False, server_header=False, timeout_graceful_shutdown=settings.shutdown_grace_seconds,
         **ssl_options))
 
@@ -150,6 +154,7 @@ async def serve(settings: Settings) -> int:
     await service.close()
     decoder.close()
     await backend.close()
+    tracing.shutdown()
     log.info("stopped", extra={"fields": {"event": "stopped"}})
     return exit_code
 

@@ -136,11 +136,16 @@ class Settings(BaseSettings):
     # The web page.
     examples_dir: Path = Field(Path("examples"), description="folder of example images, listed at GET "
                                "/v1/examples and served under /examples/ (relative to the working directory)")
+    # Tracing.
+    tracing: Literal["off", "console", "otlp"] = Field(
+        "off", description="OpenTelemetry spans for every request, trace context forwarded to the model server: "
+                           "off, console (JSON spans on stderr) or otlp (OTLP/gRPC, configured by OTEL_EXPORTER_OTLP_*)")
+    tracing_service_name: str = Field("gateway", min_length=1, description="service.name of the spans")
     # Logs.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
     log_format: Literal["json", "text"] = Field("json", description="json: one JSON object per line")
 
-    @field_validator("log_level", "log_format", mode="before")
+    @field_validator("log_level", "log_format", "tracing", mode="before")
     @classmethod
     def _normalise_case(cls, value: Any, info) -> Any:
         if isinstance(value, str):
