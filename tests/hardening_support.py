@@ -15,7 +15,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import grpc
 import httpx
@@ -24,6 +24,7 @@ import gateway.generated as _generated_on_path  # noqa: F401  (classifier.v1 stu
 from classifier.v1 import classifier_pb2 as pb
 from classifier.v1 import classifier_pb2_grpc as pb_grpc
 from hostile_images import MALFORMED_MULTIPART, hostile_cases
+from waiting import wait_until  # noqa: F401  (re-exported for the hardening tests)
 
 REQUEST_ID = "x-request-id"
 # What must never appear in a client-facing error: tracebacks, code locations, Python internals,
@@ -202,18 +203,6 @@ def rss_mib(pid: int) -> float:
     """Resident memory of a process, from /proc (what the kernel charges it, not what it reports)."""
     status = Path(f"/proc/{pid}/status").read_text()
     return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
-
-
-def wait_until(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.02):
-    """Poll another process until `condition()` is truthy; there is nothing local to wait on."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
-        time.sleep(interval)
 
 
 def free_port() -> int:

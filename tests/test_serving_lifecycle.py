@@ -9,11 +9,9 @@ from __future__ import annotations
 import shutil
 import signal
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Callable
 
 import grpc
 import numpy as np
@@ -22,24 +20,13 @@ import tensorflow as tf
 from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc
 
 from tools import stack
+from waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 END = get_model_status_pb2.ModelVersionStatus.END
 
 pytestmark = pytest.mark.slow
-
-
-def _wait_for(condition: Callable[[], object], timeout: float, what: str):
-    """Poll a remote process until `condition()` is truthy (there is nothing local to wait on)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def _request(rows: int = 2, **spec) -> predict_pb2.PredictRequest:
@@ -105,12 +92,12 @@ def test_new_version_is_served_while_a_concurrent_load_sees_no_failure(server, c
     for thread in threads:
         thread.start()
     try:
-        _wait_for(lambda: len(served) >= 20, 60, "the load to flow")
+        wait_until(lambda: len(served) >= 20, 60, "the load to flow")
         _drop_in(base / "1", base, 2)
-        _wait_for(lambda: _statuses(channel) == {2: (AVAILABLE, 0, ""), 1: (END, 0, "")}, 120,
+        wait_until(lambda: _statuses(channel) == {2: (AVAILABLE, 0, ""), 1: (END, 0, "")}, 120,
                   "version 2 AVAILABLE and version 1 unloaded")
         switched = len(served)
-        _wait_for(lambda: served[switched:].count(2) >= 20, 60, "requests answered by version 2")
+        wait_until(lambda: served[switched:].count(2) >= 20, 60, "requests answered by version 2")
     finally:
         stop.set()
         for thread in threads:
@@ -133,7 +120,7 @@ def test_corrupt_version_is_skipped_and_the_old_one_keeps_serving(server, channe
         statuses = _statuses(channel)
         return statuses if corrupt in statuses and statuses[corrupt][0] == END else None
 
-    statuses = _wait_for(failed, 120, f"version {corrupt} to fail")
+    statuses = wait_until(failed, 120, f"version {corrupt} to fail")
 
     state, error_code, message = statuses[corrupt]
     assert error_code != 0 and message
@@ -168,11 +155,11 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(tiny_models_dir, tmp_pat
 
         thread = threading.Thread(target=in_flight, daemon=True)
         thread.start()
-        _wait_for(lambda: 'serving_requests_in_flight{entrypoint="GRPC"} 1.0' in _metrics(srv), 30,
+        wait_until(lambda: 'serving_requests_in_flight{entrypoint="GRPC"} 1.0' in _metrics(srv), 30,
                   "the request to be in flight")
 
         srv.process.signal(signal.SIGTERM)
-        _wait_for(lambda: "Received a stop signal" in srv.process.output(200), 30, "the server to start draining")
+        wait_until(lambda: "Received a stop signal" in srv.process.output(200), 30, "the server to start draining")
         with grpc.insecure_channel(srv.grpc_target) as late:
             with pytest.raises(grpc.RpcError) as refused:
                 prediction_service_pb2_grpc.PredictionServiceStub(late).Predict(_request(1), timeout=5)
@@ -211,7 +198,7 @@ def test_model_config_file_is_polled_for_new_models(tiny_models_dir, tmp_path):
             except urllib.error.HTTPError:
                 return False
 
-        _wait_for(fashion_b_available, 120, "the model added to the config file to be AVAILABLE")
+        wait_until(fashion_b_available, 120, "the model added to the config file to be AVAILABLE")
         with grpc.insecure_channel(srv.grpc_target) as channel:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
             request = _request()
