@@ -13,6 +13,7 @@ the application's own `preprocess_input` in front of the frozen base.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,7 +127,9 @@ def build_model(backbone: Backbone, spec: InputSpec, num_classes: int, weights: 
         if not path.is_file():
             raise TrainingError(f"--weights {weights}: no such file (expected imagenet, none or a .weights.h5 file)")
         try:
-            model.load_weights(path)
+            with warnings.catch_warnings():  # a base-only file first fails here, loudly, before the fallback
+                warnings.filterwarnings("ignore", message="Skipping nested container")
+                model.load_weights(path)
         except (ValueError, OSError) as exc:
             if not transfer.has_base(model):
                 raise TrainingError(f"--weights {path} does not fit backbone {backbone.name} "

@@ -38,7 +38,7 @@ data sets:
                  streamed from disk; small_cnn takes them as 64x64 RGB
 
 backbones:
-{chr(10).join(f"  {b.name:<14} {b.summary}" for b in backbones.values())}
+{chr(10).join(f"  {b.name:<16} {b.summary}" for b in backbones.values())}
   Transfer backbones carry their own preprocessing in the model and train in two phases: the new
   head on the frozen base (--epochs, --learning-rate), then the top --fine-tune-layers of the base
   as well (--fine-tune-epochs at --fine-tune-learning-rate). --weights imagenet needs the Keras

@@ -14,7 +14,9 @@ the top `fine_tune_layers` layers of the base unfrozen and trained at a low lear
 
 from __future__ import annotations
 
+import os
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +28,6 @@ from training.errors import TrainingError
 from training.imaging import InputSpec
 
 BASE_LAYER = "base"  # the name of the application network inside every transfer model
-KERAS_CACHE = Path("~/.keras/models")
 _URL = re.compile(r"https?://\S+?(?=:? |$)")
 
 
@@ -62,9 +63,10 @@ def _load_error(name: str, exc: Exception) -> TrainingError:
     url = _URL.search(str(exc))
     file = url.group(0).rsplit("/", 1)[-1] if url else "the backbone's ImageNet weights file (.h5)"
     where = f" from {url.group(0)}" if url else ""
+    cache = Path(os.environ.get("KERAS_HOME", "~/.keras")) / "models"  # where keras.utils.get_file looks
     return TrainingError(
         f"cannot fetch the ImageNet weights of {name}{where} (no internet?): download {file} elsewhere and "
-        f"pass --weights PATH to it, or put it in {KERAS_CACHE}/ where Keras looks first")
+        f"pass --weights PATH to it, or put it in {cache}/ where Keras looks first")
 
 
 def application_builder(name: str, app: Application):
@@ -74,7 +76,10 @@ def application_builder(name: str, app: Application):
         if spec.channels != 3:
             raise TrainingError(f"backbone {name} takes colour images, not {spec.channels} channel(s)")
         try:
-            base = app.constructor(include_top=False, weights=weight_set, input_shape=spec.shape, name=BASE_LAYER)
+            with warnings.catch_warnings():  # "weights for 224x224 will be loaded": expected with --image-size
+                warnings.filterwarnings("ignore", message=r".*input_shape. is undefined or non-square")
+                base = app.constructor(include_top=False, weights=weight_set, input_shape=spec.shape,
+                                       name=BASE_LAYER)
         except Exception as exc:  # keras.utils.get_file raises a bare Exception when a download fails
             if type(exc) is Exception and "URL fetch failure" in str(exc):
                 raise _load_error(name, exc) from exc
