@@ -101,16 +101,21 @@ def test_bytes_signature_gives_the_pixel_top1_on_png_inputs(exported, test_image
 
 
 def test_bytes_signature_decodes_converts_and_resizes_colour_jpegs(exported, test_images):
-    """A 280x280 RGB JPEG of a test image is shrunk to 28x28 grey in the graph and still recognised."""
-    image = test_images[0][0].squeeze(-1)
+    """A 280x280 RGB JPEG of a test image is shrunk to 28x28 grey in the graph and still recognised.
+
+    The enlarge-JPEG-shrink round trip moves pixels a little, so the image used is the one the
+    (briefly trained) model is surest of: a near-tie would make top-1 a coin toss, not a test."""
+    loaded = tf.saved_model.load(str(exported))
+    direct_all = loaded.signatures["serving_default"](images=tf.constant(test_images[0]))["scores"].numpy()
+    top2 = np.sort(direct_all, axis=1)[:, -2:]
+    pick = int(np.argmax(top2[:, 1] - top2[:, 0]))
+    image = test_images[0][pick].squeeze(-1)
     big = Image.fromarray(image).resize((280, 280), Image.Resampling.BILINEAR).convert("RGB")
     buf = io.BytesIO()
     big.save(buf, "JPEG", quality=95)
-    loaded = tf.saved_model.load(str(exported))
     scores = loaded.signatures["image_bytes"](image_bytes=tf.constant([buf.getvalue()]))["scores"].numpy()
-    direct = loaded.signatures["serving_default"](images=tf.constant(test_images[0][:1]))["scores"].numpy()
     assert scores.shape == (1, len(LABELS))
-    assert scores.argmax() == direct.argmax()
+    assert scores.argmax() == direct_all[pick].argmax()
 
 
 def test_signatures_are_exactly_as_the_contract_says(exported):
