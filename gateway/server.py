@@ -120,6 +120,9 @@ async def serve(settings: Settings) -> int:
     http_server = _EmbeddedUvicorn(uvicorn.Config(
         app, lifespan="off", log_config=None,
         access_log=False, server_header=False, timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+        # uvicorn's own default (5 s) equals httpx's and many proxies' pool expiry: the server then closes
+        # idle connections just as clients reuse them, and those requests fail with a connection reset.
+        timeout_keep_alive=settings.http_keepalive_seconds,
         **ssl_options))
 
     stop = asyncio.Event()

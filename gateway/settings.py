@@ -102,6 +102,8 @@ class Settings(BaseSettings):
     # Time.
     request_timeout_seconds: float = Field(10.0, gt=0, description="longest a request may take: the deadline of "
                                            "requests that bring none, and the cap on those that do")
+    http_keepalive_seconds: float = Field(75.0, gt=0, description="how long an idle REST keep-alive connection stays open; keep it "
+                                          "above the idle timeout of every proxy and client pool in front (theirs must expire first)")
     backend_timeout_seconds: float = Field(5.0, gt=0, description="deadline of the gateway's own calls to the model server (status, metadata)")
     backend_keepalive_seconds: float = Field(30.0, gt=0, description="HTTP/2 keepalive ping interval on the model server channel")
     backend_max_message_bytes: int = Field(64 * 2**20, ge=1024, description="largest message to/from the model server")

@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 # TF Serving sets the gRPC message size limit to INT32_MAX on both directions.
 _MAX_MESSAGE_BYTES = 2**31 - 1
+# Idle REST connections stay open this long: longer than client pools keep them (httpx: 5 s, as is
+# uvicorn's own default), so the server never closes a connection a client is about to reuse.
+REST_KEEPALIVE_SECONDS = 75
 
 
 class StartupError(RuntimeError):
@@ -192,7 +195,8 @@ class ModelServer:
         app = RestApi(core, self.monitoring, timeout_ms=self.options.rest_api_timeout_in_ms,
                       cors=self.options.rest_api_enable_cors_support)
         config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", server_header=False,
-                                timeout_graceful_shutdown=int(max(self.options.shutdown_grace_period_seconds, 1)))
+                                timeout_graceful_shutdown=int(max(self.options.shutdown_grace_period_seconds, 1)),
+                                timeout_keep_alive=REST_KEEPALIVE_SECONDS)
         server = _EmbeddedUvicorn(config)
         task = asyncio.create_task(server.serve(sockets=[sock]), name="rest")
         while not server.started:

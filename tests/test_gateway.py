@@ -257,6 +257,44 @@ def test_rest_models_health_readiness_docs_and_page(gateway):
         assert httpx.get(f"{url}/{example['url']}", timeout=10).status_code == 200, example
 
 
+
+def _get_on(sock: socket.socket, path: str = "/healthz") -> bytes:
+    """One HTTP/1.1 keep-alive request on an open socket; the raw response head and body."""
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: gateway\r\n\r\n".encode())
+
+    def more(data: bytes) -> bytes:
+        chunk = sock.recv(65536)
+        assert chunk, f"the server closed the connection after {data!r}"
+        return data + chunk
+
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data = more(data)
+    head = data.partition(b"\r\n\r\n")[0]
+    total = len(head) + 4 + int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+    while len(data) < total:
+        data = more(data)
+    return data
+
+
+def test_idle_rest_connections_outlive_client_pools(model_server, gateway):
+    """A server that closes idle connections when client pools still reuse them (uvicorn's 5 s
+    default equals httpx's pool expiry) makes some requests fail with a connection reset. The
+    default keep-alive outlives the pools, and the setting reaches the HTTP server."""
+    from gateway.settings import Settings
+    assert Settings().http_keepalive_seconds > httpx.Limits().keepalive_expiry
+    short = stack.start_gateway(backend=model_server.grpc_target, extra_args=["--http-keepalive-seconds=0.5"])
+    try:
+        with socket.create_connection(("127.0.0.1", short.http_port), timeout=30) as closing, \
+                socket.create_connection(("127.0.0.1", gateway.http_port), timeout=30) as staying:
+            assert _get_on(closing).startswith(b"HTTP/1.1 200")
+            assert _get_on(staying).startswith(b"HTTP/1.1 200")
+            assert closing.recv(1) == b"", "the short keep-alive did not close the idle connection"
+            # `staying` has now been idle longer than 0.5 s too, and is still open
+            assert _get_on(staying).startswith(b"HTTP/1.1 200")
+    finally:
+        short.process.stop()
+
 # -- observability ------------------------------------------------------------------------------------
 
 def test_metrics_cover_requests_stages_batches_and_decisions(gateway, stub, images):
