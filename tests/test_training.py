@@ -293,6 +293,33 @@ def test_a_corrupt_idx_file_is_reported_not_crashed(tmp_path):
 
 # --- the command line -------------------------------------------------------------------------
 
+def test_reexport_writes_the_same_weights_as_the_next_version_or_in_place(exported, test_images, tmp_path):
+    import shutil
+    base = tmp_path / "fashion"
+    shutil.copytree(exported.parent, base)
+    before = tf.saved_model.load(str(base / "1")).signatures["serving_default"](images=tf.constant(test_images[0]))
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "training.reexport", *args], cwd=ROOT, capture_output=True,
+                              text=True, timeout=300)
+
+    for args, version in (([str(base / "1")], "2"), ([str(base / "1"), "--replace"], "1")):
+        result = run(*args)
+        assert result.returncode == 0, result.stderr
+        assert f"as {base / version} " in result.stdout
+        after = tf.saved_model.load(str(base / version)).signatures["serving_default"](images=tf.constant(test_images[0]))
+        assert np.array_equal(after["scores"].numpy(), before["scores"].numpy())
+        assert (base / version / ASSETS_EXTRA / WARMUP_FILE).is_file()
+    assert sorted(p.name for p in base.iterdir()) == ["1", "2"]  # nothing left over from --replace
+
+    for args, expected in (([str(base / "1"), "--backbone", "mobilenet_v2"], "takes colour images"),
+                           ([str(base)], "is not a model version directory")):
+        result = run(*args)
+        assert result.returncode == 2 and result.stderr.startswith("error: ") and expected in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in base.iterdir()) == ["1", "2"]
+
+
 @pytest.mark.parametrize("args, expected", [
     (["--data-dir", "/nonexistent/fashion"], "Fashion-MNIST not found: /nonexistent/fashion is not a directory "
                                              "(install the Debian package dataset-fashion-mnist"),
@@ -363,6 +390,21 @@ def test_cli_trains_and_exports_a_folder_data_set(tmp_path):
 
 
 # --- the committed default model --------------------------------------------------------------
+
+def test_committed_model_reads_jpegs_exactly_as_pillow_does(committed_model, test_images):
+    """`image_bytes` on a JPEG gives the scores `serving_default` gives on Pillow's pixels of that
+    file: what a direct client of the model server sees equals what the gateway (Pillow) sees."""
+    jpegs, pixels = [], []
+    for image in test_images[0]:
+        buf = io.BytesIO()
+        Image.fromarray(image.squeeze(-1)).save(buf, "JPEG", quality=75)
+        jpegs.append(buf.getvalue())
+        pixels.append(np.asarray(Image.open(io.BytesIO(buf.getvalue())))[..., np.newaxis])
+    signatures = tf.saved_model.load(str(committed_model)).signatures
+    by_bytes = signatures["image_bytes"](image_bytes=tf.constant(jpegs))["scores"].numpy()
+    by_pixels = signatures["serving_default"](images=tf.constant(np.stack(pixels)))["scores"].numpy()
+    assert np.max(np.abs(by_bytes - by_pixels)) <= 1e-6
+
 
 @pytest.mark.slow
 def test_committed_model_reaches_93_percent_on_the_full_test_set(committed_model, fashion_data):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -190,14 +189,6 @@ def main(argv: list[str] | None = None) -> int:
     import_tensorflow_quietly()  # before anything imports it, so an error really is one line
     args = build_parser().parse_args(argv)
     from training import pipeline
-    from training.errors import ExportError, TrainingError
+    from training.errors import exit_code_of
 
-    try:
-        pipeline.run(options_from(args), echo=lambda line: print(line, flush=True))
-    except TrainingError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except ExportError as exc:
-        print(f"error: export failed, nothing was written: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return exit_code_of(lambda: pipeline.run(options_from(args), echo=lambda line: print(line, flush=True)))
