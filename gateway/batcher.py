@@ -2,9 +2,10 @@
 
 Callers `submit()` one item and await their own row of the answer. A worker task flushes a batch
 when `max_batch_size` items wait or the oldest has waited `max_wait` seconds, whichever comes
-first, and sends it with `send(key, payloads, deadline)`. At most `max_concurrent` batches are in
-flight; while they all are, new items wait in the queue and form the next, bigger batch - batching
-adapts to load without a longer wait when the system is idle.
+first, and sends it with `send(key, payloads, deadline)`. When no batch is in flight, what waits
+is sent at once: an idle model answers a lone request without the wait. At most `max_concurrent`
+batches are in flight; while they all are, new items wait in the queue and form the next, bigger
+batch - batching adapts to load.
 
 Bounds and fairness:
 * the queue holds at most `max_queue` items; one more is refused at once (Overloaded), so
@@ -135,11 +136,12 @@ class MicroBatcher(Generic[R]):
             task.add_done_callback(self._sending.discard)
 
     async def _collect(self, loop: asyncio.AbstractEventLoop) -> list[_Item]:
-        """Wait for a full batch or for the oldest item's max_wait, then take one batch."""
+        """Wait for a full batch or for the oldest item's max_wait (not at all when no batch is in
+        flight), then take one batch."""
         while True:
             await self._arrived.wait()
             wait_left = self._queue[0].enqueued + self.max_wait - loop.time()
-            if wait_left > 0 and not self._full.is_set():
+            if wait_left > 0 and self._sending and not self._full.is_set():
                 try:
                     async with asyncio.timeout(wait_left):
                         await self._full.wait()

@@ -82,7 +82,8 @@ class Settings(BaseSettings):
     # Batching and back-pressure.
     max_batch_size: int = Field(32, ge=1, le=4096, description="most images in one Predict call")
     max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0,
-                               description="longest a request waits for others to fill its batch")
+                               description="longest a request waits for others to fill its batch "
+                                           "(only while another batch is in flight: an idle model sends at once)")
     max_concurrent_batches: int = Field(4, ge=1, le=256,
                                         description="Predict calls in flight per model; further requests queue (and batch)")
     max_queue: int = Field(256, ge=1, le=100_000,

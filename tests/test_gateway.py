@@ -373,10 +373,17 @@ def test_decisions_match_the_in_process_model(gateway, stub, fashion_data, tiny_
 # -- batching, readiness, shutdown: dedicated gateways ---------------------------------------------------
 
 @pytest.mark.slow
-def test_the_batcher_coalesces_concurrent_requests(model_server, images):
+def test_the_batcher_coalesces_concurrent_requests_and_sends_a_lone_one_at_once(model_server, images):
     gw = stack.start_gateway(backend=model_server.grpc_target,
-                             extra_args=["--max-wait-ms=100", "--max-batch-size=16"])
+                             extra_args=["--max-wait-ms=1000", "--max-batch-size=16"])
     try:
+        # idle: nothing in flight to wait for, so a lone request does not sit out max_wait_ms
+        lone = httpx.post(f"{gw.http_url}/v1/classify", content=images[0], headers={"content-type": "image/png"},
+                          timeout=30)
+        assert lone.status_code == 200, lone.text
+        queue_ms = float(re.search(r"queue_wait;dur=([\d.]+)", lone.headers["server-timing"]).group(1))
+        assert queue_ms < 500, f"a lone request waited {queue_ms:.0f} ms for a batch (max_wait_ms 1000)"
+
         before = predict_calls(gw.http_url)
 
         async def burst() -> list:
@@ -391,7 +398,7 @@ def test_the_batcher_coalesces_concurrent_requests(model_server, images):
         sizes = [v for _, v in samples(gw.http_url, "gateway_batch_size_sum")]
         print(f"\n32 concurrent requests -> {calls:.0f} Predict calls")
         assert calls <= 4, f"{calls} Predict calls for 32 concurrent requests"
-        assert sum(sizes) == 32
+        assert sum(sizes) == 33
     finally:
         gw.process.stop()
 
