@@ -152,8 +152,44 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
             finish_request(record, self._metrics)
 
 
+class _Drained(Exception):
+    """A Watch stream has told its client NOT_SERVING during shutdown: time to end it."""
+
+
+class _EndWhenDrained:
+    """A Watch call's context whose write() ends the stream once it has sent the drain's NOT_SERVING."""
+
+    def __init__(self, context: grpc.aio.ServicerContext, servicer: DrainingHealthServicer):
+        self._context = context
+        self._servicer = servicer
+
+    def __getattr__(self, name: str):
+        return getattr(self._context, name)
+
+    async def write(self, message: health_pb2.HealthCheckResponse) -> None:
+        await self._context.write(message)
+        if self._servicer.draining and message.status == health_pb2.HealthCheckResponse.NOT_SERVING:
+            raise _Drained
+
+
+class DrainingHealthServicer(health.aio.HealthServicer):
+    """grpc's own health servicer, except that Watch streams end (status OK) once they have sent
+    NOT_SERVING at shutdown: an open Watch would otherwise hold the server's stop for the whole
+    grace period, though its client has already been told everything there is to know."""
+
+    draining = False
+
+    async def enter_graceful_shutdown(self) -> None:
+        self.draining = True
+        await super().enter_graceful_shutdown()
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context) -> None:
+        with contextlib.suppress(_Drained):
+            await super().Watch(request, _EndWhenDrained(context, self))
+
+
 async def create_grpc_server(settings: Settings, service: ClassifierService, registry: ModelRegistry,
-                             metrics: Metrics, auth: ApiKeyAuth) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+                             metrics: Metrics, auth: ApiKeyAuth) -> tuple[grpc.aio.Server, int, DrainingHealthServicer]:
     """The gRPC server, bound (not started): returns it with its port and the health servicer.
 
     TLS (and mutual TLS) when the settings name a certificate; TlsConfigError when they name a bad one.
@@ -168,7 +204,7 @@ async def create_grpc_server(settings: Settings, service: ClassifierService, reg
     pb_grpc.add_ClassifierServicer_to_server(
         ClassifierServicer(service, metrics, stream_window=settings.max_batch_size), server)
 
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = DrainingHealthServicer()
     for name in HEALTH_SERVICES:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 

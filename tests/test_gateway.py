@@ -492,8 +492,14 @@ def test_a_new_model_version_is_picked_up_without_failed_requests(tiny_models_di
 
 @pytest.mark.slow
 def test_sigterm_drains_then_exits_zero(model_server, images):
-    gw = stack.start_gateway(backend=model_server.grpc_target, extra_args=["--shutdown-delay-seconds=2"])
+    gw = stack.start_gateway(backend=model_server.grpc_target,
+                             extra_args=["--shutdown-delay-seconds=2", "--shutdown-grace-seconds=120"])
     assert httpx.get(f"{gw.http_url}/readyz", timeout=10).status_code == 200
+    # A health Watch open across the shutdown (a proxy's, say) is told NOT_SERVING and then ended,
+    # rather than holding the exit for the whole grace period.
+    watch_channel = grpc.insecure_channel(gw.grpc_target)
+    watch = health_pb2_grpc.HealthStub(watch_channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=60)
+    assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
     gw.process.signal(signal.SIGTERM)
     deadline = time.monotonic() + 10
     ready = 200
@@ -504,4 +510,7 @@ def test_sigterm_drains_then_exits_zero(model_server, images):
     # Still answering while draining: in-flight and late requests are not dropped.
     assert httpx.post(f"{gw.http_url}/v1/classify", content=images[0], headers={"content-type": "image/png"},
                       timeout=30).status_code == 200
-    assert gw.process.proc.wait(timeout=30) == 0
+    assert [answer.status for answer in watch] == [health_pb2.HealthCheckResponse.NOT_SERVING]
+    assert watch.code() == grpc.StatusCode.OK
+    watch_channel.close()
+    assert gw.process.proc.wait(timeout=30) == 0  # well inside the 120 s grace
