@@ -2,7 +2,7 @@
 
 When the export code changes (a signature fixed, warm-up records added), a model does not need
 training again to get the change: its weights are read back from the SavedModel's checkpoint into
-the same architecture, the copy is proven to compute exactly what the old version computes, and
+the same architecture, the copy is proven to give the old version's scores (within 1e-5), and
 it is written by the normal export path (`training.export`: atomic, verified by reloading).
 
 The new SavedModel becomes the next version, which TF Serving loads beside the old one like any
