@@ -78,6 +78,11 @@ class ServingModule(tf.Module):
                 BYTES_SIGNATURE: self.predict_bytes.get_concrete_function()}
 
 
+def dir_bytes(path: Path) -> int:
+    """The size of an exported version: every file under `path`."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
 def next_version(base: Path) -> int:
     """One more than the highest numeric version under `base` (1 when there is none)."""
     versions = [int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit()] if base.is_dir() else []

@@ -26,7 +26,7 @@ from training.backbones import BACKBONES, Backbone, build_model
 from training.compress import CODECS
 from training.datasets import DATASETS, DataSplits
 from training.errors import TrainingError
-from training.export import PIXELS_SIGNATURE, export_model, inference_copy
+from training.export import PIXELS_SIGNATURE, dir_bytes, export_model, inference_copy
 from training.report import write_report
 from training.trainer import EVAL_BATCH, EpochStats, TrainConfig, balanced_class_weights, evaluate, train
 
@@ -80,10 +80,6 @@ class Outcome:
     variants: tuple[Variant, ...] = ()
 
 
-def _dir_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
 def _samples(ds: tf.data.Dataset, count: int) -> np.ndarray:
     return np.stack([image.numpy() for image, _ in ds.take(count)])
 
@@ -104,7 +100,7 @@ def _measure(model_name: str, export_dir: Path, weights: str, ds: tf.data.Datase
         predict(images=one)
         timings.append(time.perf_counter() - start)
     return Variant(model_name=model_name, export_dir=export_dir, weights=weights,
-                   saved_model_bytes=_dir_bytes(export_dir), accuracy=correct / max(count, 1),
+                   saved_model_bytes=dir_bytes(export_dir), accuracy=correct / max(count, 1),
                    latency_ms=1000 * float(np.median(timings)))
 
 
@@ -175,7 +171,7 @@ def run(options: Options, echo: Callable[[str], None] = print) -> Outcome:
     samples = _samples(splits.test, EXPORT_SAMPLES)
     export_dir = export_model(model, splits.labels, spec, options.models_dir / options.model_name,
                               samples, model_name=options.model_name)
-    size = _dir_bytes(export_dir)
+    size = dir_bytes(export_dir)
     echo(f"exported {export_dir} ({size / 1e6:.2f} MB), verified by reloading")
     variants: list[Variant] = []
     if options.compress:

@@ -119,10 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     import_tensorflow_quietly()
     args = build_parser().parse_args(argv)
     from training.errors import exit_code_of
+    from training.export import dir_bytes
 
     def run() -> None:
         target = reexport(args.version_dir, args.backbone, args.replace)
-        size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
+        size = dir_bytes(target)
         print(f"re-exported {args.version_dir} as {target} ({size / 1e6:.2f} MB): same scores, current signatures",
               flush=True)
 
