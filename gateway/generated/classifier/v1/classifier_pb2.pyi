@@ -1,4 +1,5 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -7,14 +8,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ClassifyRequest(_message.Message):
-    __slots__ = ("model", "image", "top_k")
+    __slots__ = ("model", "image", "top_k", "version", "version_label")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_LABEL_FIELD_NUMBER: _ClassVar[int]
     model: str
     image: bytes
     top_k: int
-    def __init__(self, model: _Optional[str] = ..., image: _Optional[bytes] = ..., top_k: _Optional[int] = ...) -> None: ...
+    version: int
+    version_label: str
+    def __init__(self, model: _Optional[str] = ..., image: _Optional[bytes] = ..., top_k: _Optional[int] = ..., version: _Optional[int] = ..., version_label: _Optional[str] = ...) -> None: ...
 
 class Prediction(_message.Message):
     __slots__ = ("label", "score")
@@ -25,18 +30,34 @@ class Prediction(_message.Message):
     def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
 
 class ClassifyResponse(_message.Message):
-    __slots__ = ("model", "model_version", "label", "confident", "predictions")
+    __slots__ = ("model", "model_version", "label", "confident", "predictions", "reason")
+    class Reason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        REASON_UNSPECIFIED: _ClassVar[ClassifyResponse.Reason]
+        CONFIDENT: _ClassVar[ClassifyResponse.Reason]
+        OUT_OF_DISTRIBUTION: _ClassVar[ClassifyResponse.Reason]
+        LOW_SCORE: _ClassVar[ClassifyResponse.Reason]
+        SMALL_MARGIN: _ClassVar[ClassifyResponse.Reason]
+        IN_BAND: _ClassVar[ClassifyResponse.Reason]
+    REASON_UNSPECIFIED: ClassifyResponse.Reason
+    CONFIDENT: ClassifyResponse.Reason
+    OUT_OF_DISTRIBUTION: ClassifyResponse.Reason
+    LOW_SCORE: ClassifyResponse.Reason
+    SMALL_MARGIN: ClassifyResponse.Reason
+    IN_BAND: ClassifyResponse.Reason
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     CONFIDENT_FIELD_NUMBER: _ClassVar[int]
     PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     model: str
     model_version: int
     label: str
     confident: bool
     predictions: _containers.RepeatedCompositeFieldContainer[Prediction]
-    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[int] = ..., label: _Optional[str] = ..., confident: _Optional[bool] = ..., predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ...) -> None: ...
+    reason: ClassifyResponse.Reason
+    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[int] = ..., label: _Optional[str] = ..., confident: _Optional[bool] = ..., predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., reason: _Optional[_Union[ClassifyResponse.Reason, str]] = ...) -> None: ...
 
 class ClassifyBatchRequest(_message.Message):
     __slots__ = ("requests",)
