@@ -1,7 +1,25 @@
-"""Generate the gateway's gRPC stubs from protos/, or check that the committed ones are current.
+"""Generate the gRPC stubs from protos/, check that the committed ones are current, lint the API.
 
-    python -m tools.protos           # regenerate gateway/generated/
-    python -m tools.protos --check   # exit 1 when gateway/generated/ differs from protos/
+    python -m tools.protos                 # regenerate every stub tree (TARGETS below)
+    python -m tools.protos --check         # exit 1 when a stub tree is stale, `buf lint` or
+                                           # `buf breaking` fails
+    python -m tools.protos --baseline REV  # freeze classifier.v1 as of git revision REV as the
+                                           # release `buf breaking` compares against
+
+Stub trees (TARGETS):
+  clients/python/src/imgclass_client/proto/  classifier.v1 for the client distribution, with
+      package-qualified imports (`from imgclass_client.proto.classifier.v1 import classifier_pb2`);
+      protoc's own absolute import in the *_pb2_grpc.py file is rewritten by `_qualify`, here, as
+      part of generation. The registered file name stays "classifier/v1/classifier.proto".
+  gateway/generated/  classifier.v1 and the TF Serving wire subset, imported through the sys.path
+      entry that gateway/generated/__init__.py adds.
+
+google/rpc/status.proto comes from googleapis-common-protos (its .proto files ship in the wheel):
+it is on protoc's include path, and its stubs are that package's, never generated here.
+
+buf (the `buf-bin` package) lints classifier.v1 with protos/buf.yaml and checks it for breaking
+changes against protos/released/classifier_v1.json, the descriptors of the last release. buf reads
+both as images that protoc builds, so no buf module has to fetch googleapis from a registry.
 
 protoc runs in a child process: inside a process that has imported TensorFlow it crashes
 (two protobuf runtimes).
@@ -11,57 +29,174 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+
+import google.rpc.status_pb2
+import grpc_tools
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
-OUT = ROOT / "gateway" / "generated"
-# Hand-written files that live beside the generated tree.
-KEEP = {"__init__.py"}
+API_PROTO = "classifier/v1/classifier.proto"
+BUF_CONFIG = PROTOS / "buf.yaml"
+RELEASED = PROTOS / "released" / "classifier_v1.json"
+# Include paths: protos/, googleapis' protos (google/rpc/...), protobuf's well-known types.
+GOOGLEAPIS_INCLUDE = Path(google.rpc.status_pb2.__file__).resolve().parent.parent.parent
+WELL_KNOWN_INCLUDE = Path(grpc_tools.__file__).resolve().parent / "_proto"
 
 
-def generate(out: Path) -> None:
-    sources = sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto"))
-    cmd = [
-        sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTOS}",
-        f"--python_out={out}", f"--pyi_out={out}", f"--grpc_python_out={out}", *sources,
-    ]
-    subprocess.run(cmd, check=True, cwd=PROTOS)
+@dataclass(frozen=True)
+class Target:
+    out: Path                 # where the stubs go
+    protos: tuple[str, ...]   # proto files (relative to protos/)
+    package: str = ""         # Python package of `out`: protoc's absolute imports get this prefix
+    keep: frozenset = frozenset({"__init__.py"})  # hand-written files beside the generated ones
 
 
-def generated_files(root: Path) -> set[str]:
+TARGETS = (
+    Target(ROOT / "clients" / "python" / "src" / "imgclass_client" / "proto", (API_PROTO,),
+           package="imgclass_client.proto", keep=frozenset()),
+    Target(ROOT / "gateway" / "generated", (API_PROTO, "tfserving_wire/serving_apis.proto",
+                                            "tfserving_wire/tensor.proto")),
+)
+
+
+def protoc(*args: str, root: Path = PROTOS) -> None:
+    """grpc_tools' protoc over the protos under `root`, with googleapis and well-known types."""
+    cmd = [sys.executable, "-m", "grpc_tools.protoc", f"-I{root}", f"-I{GOOGLEAPIS_INCLUDE}",
+           f"-I{WELL_KNOWN_INCLUDE}", *args]
+    subprocess.run(cmd, check=True, cwd=root)
+
+
+def _qualify(text: str, package: str) -> str:
+    """protoc's `from classifier.v1 import x_pb2` as `from <package>.classifier.v1 import x_pb2`."""
+    return re.sub(r"^from (classifier\.v1) import ", rf"from {package}.\1 import ", text, flags=re.M)
+
+
+def generate(target: Target, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    protoc(f"--python_out={out}", f"--pyi_out={out}", f"--grpc_python_out={out}", *target.protos)
+    if not target.package:
+        return
+    for path in out.rglob("*_pb2*.py*"):
+        path.write_text(_qualify(path.read_text(), target.package))
+    # Every folder of the tree is a regular package, so the stubs import by their full name.
+    for folder in [out, *(p for p in out.rglob("*") if p.is_dir() and p.name != "__pycache__")]:
+        (folder / "__init__.py").write_text(
+            '"""Generated by `make protos` (python -m tools.protos); never edited by hand."""\n')
+
+
+def generated_files(target: Target, root: Path) -> set[str]:
     return {
         str(p.relative_to(root)) for p in root.rglob("*")
-        if p.is_file() and p.suffix in {".py", ".pyi"} and p.name not in KEEP
+        if p.is_file() and p.suffix in {".py", ".pyi"} and p.name not in target.keep
         and "__pycache__" not in p.parts
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="compare instead of writing")
-    args = parser.parse_args(argv)
-    if not args.check:
-        for name in generated_files(OUT):
-            (OUT / name).unlink()
-        generate(OUT)
-        print(f"generated {len(generated_files(OUT))} files in {OUT.relative_to(ROOT)}/")
-        return 0
+def stale_files(target: Target) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         fresh = Path(tmp)
-        generate(fresh)
-        want, have = generated_files(fresh), generated_files(OUT)
-        stale = sorted(want ^ have) + sorted(
-            n for n in want & have if not filecmp.cmp(fresh / n, OUT / n, shallow=False)
-        )
-    if stale:
-        print("generated stubs are stale; run `make protos`:", *stale, sep="\n  ", file=sys.stderr)
-        return 1
-    print(f"generated stubs are current ({len(want)} files)")
-    return 0
+        generate(target, fresh)
+        want, have = generated_files(target, fresh), generated_files(target, target.out)
+        return sorted(want ^ have) + sorted(
+            n for n in want & have if not filecmp.cmp(fresh / n, target.out / n, shallow=False))
+
+
+# -- buf ------------------------------------------------------------------------------------------
+
+def buf_executable() -> str:
+    found = shutil.which("buf", path=str(Path(sys.executable).parent)) or shutil.which("buf")
+    if found is None:
+        raise SystemExit("buf not found: `make install` installs it (the buf-bin package)")
+    return found
+
+
+def build_image(proto_root: Path, out: Path, files: tuple[str, ...] = (API_PROTO,)) -> Path:
+    """A buf image (a FileDescriptorSet with imports and comments) of `files` under `proto_root`."""
+    protoc("--include_imports", "--include_source_info", f"--descriptor_set_out={out}", *files,
+           root=proto_root)
+    return out
+
+
+def buf(*args: str) -> subprocess.CompletedProcess:
+    """Run buf with protos/buf.yaml, limited to the classifier.v1 API (not the imports)."""
+    cmd = [buf_executable(), *args, "--config", str(BUF_CONFIG), "--path", API_PROTO]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=PROTOS)
+
+
+def buf_lint(image: Path) -> subprocess.CompletedProcess:
+    return buf("lint", f"{image}#format=binpb")
+
+
+def buf_breaking(image: Path, against: Path = RELEASED) -> subprocess.CompletedProcess:
+    return buf("breaking", f"{image}#format=binpb", "--against", f"{against}#format=json")
+
+
+def check_api(proto_root: Path = PROTOS) -> list[str]:
+    """buf lint and buf breaking over classifier.v1: their complaints (empty when both pass)."""
+    problems = []
+    with tempfile.TemporaryDirectory() as tmp:
+        image = build_image(proto_root, Path(tmp) / "current.binpb")
+        for name, result in (("buf lint", buf_lint(image)), ("buf breaking", buf_breaking(image))):
+            if result.returncode != 0:
+                problems.append(f"{name}:\n{result.stdout}{result.stderr}".rstrip())
+    return problems
+
+
+def freeze_baseline(revision: str) -> None:
+    """Write RELEASED: classifier.v1's descriptors (no comments) as of git `revision`, as JSON."""
+    from google.protobuf import descriptor_pb2, json_format
+
+    source = subprocess.run(["git", "show", f"{revision}:protos/{API_PROTO}"], cwd=ROOT, check=True,
+                            capture_output=True, text=True).stdout
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / API_PROTO).parent.mkdir(parents=True)
+        (root / API_PROTO).write_text(source)
+        protoc("--include_imports", f"--descriptor_set_out={root / 'set.binpb'}", API_PROTO, root=root)
+        files = descriptor_pb2.FileDescriptorSet.FromString((root / "set.binpb").read_bytes())
+    RELEASED.parent.mkdir(parents=True, exist_ok=True)
+    RELEASED.write_text(json_format.MessageToJson(files, indent=1) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="compare and lint instead of writing")
+    parser.add_argument("--baseline", metavar="REV",
+                        help=f"write {RELEASED.relative_to(ROOT)} from classifier.v1 at git revision REV")
+    args = parser.parse_args(argv)
+    if args.baseline:
+        freeze_baseline(args.baseline)
+        print(f"wrote {RELEASED.relative_to(ROOT)} from {API_PROTO} at {args.baseline}")
+        return 0
+    if not args.check:
+        for target in TARGETS:
+            for name in generated_files(target, target.out) if target.out.exists() else ():
+                (target.out / name).unlink()
+            generate(target, target.out)
+            print(f"generated {len(generated_files(target, target.out))} files in {target.out.relative_to(ROOT)}/")
+        return 0
+    failed = False
+    for target in TARGETS:
+        stale = stale_files(target)
+        where = target.out.relative_to(ROOT)
+        if stale:
+            failed = True
+            print(f"stubs in {where}/ are stale; run `make protos`:", *stale, sep="\n  ", file=sys.stderr)
+        else:
+            print(f"stubs in {where}/ are current")
+    problems = check_api()
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if not problems:
+        print(f"buf lint and buf breaking (against {RELEASED.relative_to(ROOT)}) pass")
+    return 1 if failed or problems else 0
 
 
 if __name__ == "__main__":

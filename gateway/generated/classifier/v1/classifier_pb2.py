@@ -22,33 +22,37 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63lassifier/v1/classifier.proto\x12\rclassifier.v1\"f\n\x0f\x43lassifyRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x0f\n\x07version\x18\x04 \x01(\x03\x12\x15\n\rversion_label\x18\x05 \x01(\t\"*\n\nPrediction\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"\xba\x02\n\x10\x43lassifyResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\r\n\x05label\x18\x03 \x01(\t\x12\x11\n\tconfident\x18\x04 \x01(\x08\x12.\n\x0bpredictions\x18\x05 \x03(\x0b\x32\x19.classifier.v1.Prediction\x12\x36\n\x06reason\x18\x06 \x01(\x0e\x32&.classifier.v1.ClassifyResponse.Reason\"v\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\r\n\tCONFIDENT\x10\x01\x12\x17\n\x13OUT_OF_DISTRIBUTION\x10\x02\x12\r\n\tLOW_SCORE\x10\x03\x12\x10\n\x0cSMALL_MARGIN\x10\x04\x12\x0b\n\x07IN_BAND\x10\x05\"H\n\x14\x43lassifyBatchRequest\x12\x30\n\x08requests\x18\x01 \x03(\x0b\x32\x1e.classifier.v1.ClassifyRequest\"K\n\x15\x43lassifyBatchResponse\x12\x32\n\tresponses\x18\x01 \x03(\x0b\x32\x1f.classifier.v1.ClassifyResponse\"\x13\n\x11ListModelsRequest\"I\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\r\n\x05state\x18\x04 \x01(\t\">\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.classifier.v1.ModelInfo2\xdf\x02\n\nClassifier\x12K\n\x08\x43lassify\x12\x1e.classifier.v1.ClassifyRequest\x1a\x1f.classifier.v1.ClassifyResponse\x12Z\n\rClassifyBatch\x12#.classifier.v1.ClassifyBatchRequest\x1a$.classifier.v1.ClassifyBatchResponse\x12U\n\x0e\x43lassifyStream\x12\x1e.classifier.v1.ClassifyRequest\x1a\x1f.classifier.v1.ClassifyResponse(\x01\x30\x01\x12Q\n\nListModels\x12 .classifier.v1.ListModelsRequest\x1a!.classifier.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63lassifier/v1/classifier.proto\x12\rclassifier.v1\x1a\x17google/rpc/status.proto\"r\n\x0f\x43lassifyRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x0f\n\x07version\x18\x04 \x01(\x03\x12\x15\n\rversion_label\x18\x05 \x01(\t\x12\n\n\x02id\x18\x06 \x01(\t\"*\n\nPrediction\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"\xf8\x02\n\x10\x43lassifyResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\r\n\x05label\x18\x03 \x01(\t\x12\x11\n\tconfident\x18\x04 \x01(\x08\x12.\n\x0bpredictions\x18\x05 \x03(\x0b\x32\x19.classifier.v1.Prediction\x12\x36\n\x06reason\x18\x06 \x01(\x0e\x32&.classifier.v1.ClassifyResponse.Reason\x12\n\n\x02id\x18\x07 \x01(\t\x12\r\n\x05index\x18\x08 \x01(\x05\x12!\n\x05\x65rror\x18\t \x01(\x0b\x32\x12.google.rpc.Status\"v\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\r\n\tCONFIDENT\x10\x01\x12\x17\n\x13OUT_OF_DISTRIBUTION\x10\x02\x12\r\n\tLOW_SCORE\x10\x03\x12\x10\n\x0cSMALL_MARGIN\x10\x04\x12\x0b\n\x07IN_BAND\x10\x05\"H\n\x14\x43lassifyBatchRequest\x12\x30\n\x08requests\x18\x01 \x03(\x0b\x32\x1e.classifier.v1.ClassifyRequest\"K\n\x15\x43lassifyBatchResponse\x12\x32\n\tresponses\x18\x01 \x03(\x0b\x32\x1f.classifier.v1.ClassifyResponse\"\x13\n\x11ListModelsRequest\"\xbc\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x32\n\nstate_code\x18\x05 \x01(\x0e\x32\x1e.classifier.v1.ModelInfo.State\"\xbc\x01\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSTATE_START\x10\x01\x12\x11\n\rSTATE_LOADING\x10\x02\x12\x13\n\x0fSTATE_AVAILABLE\x10\x03\x12\x13\n\x0fSTATE_UNLOADING\x10\x04\x12\r\n\tSTATE_END\x10\x05\x12\x15\n\x11STATE_UNREACHABLE\x10\x06\x12\x14\n\x10STATE_NOT_SERVED\x10\x07\x12\x12\n\x0eSTATE_UNUSABLE\x10\x08\">\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.classifier.v1.ModelInfo2\xdf\x02\n\nClassifier\x12K\n\x08\x43lassify\x12\x1e.classifier.v1.ClassifyRequest\x1a\x1f.classifier.v1.ClassifyResponse\x12Z\n\rClassifyBatch\x12#.classifier.v1.ClassifyBatchRequest\x1a$.classifier.v1.ClassifyBatchResponse\x12U\n\x0e\x43lassifyStream\x12\x1e.classifier.v1.ClassifyRequest\x1a\x1f.classifier.v1.ClassifyResponse(\x01\x30\x01\x12Q\n\nListModels\x12 .classifier.v1.ListModelsRequest\x1a!.classifier.v1.ListModelsResponseBc\n\x1a\x63om.imgclass.classifier.v1P\x01Z*imgclass/gen/go/classifier/v1;classifierv1\xaa\x02\x16Imgclass.Classifier.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'classifier.v1.classifier_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
-  _globals['_CLASSIFYREQUEST']._serialized_start=49
-  _globals['_CLASSIFYREQUEST']._serialized_end=151
-  _globals['_PREDICTION']._serialized_start=153
-  _globals['_PREDICTION']._serialized_end=195
-  _globals['_CLASSIFYRESPONSE']._serialized_start=198
-  _globals['_CLASSIFYRESPONSE']._serialized_end=512
-  _globals['_CLASSIFYRESPONSE_REASON']._serialized_start=394
-  _globals['_CLASSIFYRESPONSE_REASON']._serialized_end=512
-  _globals['_CLASSIFYBATCHREQUEST']._serialized_start=514
-  _globals['_CLASSIFYBATCHREQUEST']._serialized_end=586
-  _globals['_CLASSIFYBATCHRESPONSE']._serialized_start=588
-  _globals['_CLASSIFYBATCHRESPONSE']._serialized_end=663
-  _globals['_LISTMODELSREQUEST']._serialized_start=665
-  _globals['_LISTMODELSREQUEST']._serialized_end=684
-  _globals['_MODELINFO']._serialized_start=686
-  _globals['_MODELINFO']._serialized_end=759
-  _globals['_LISTMODELSRESPONSE']._serialized_start=761
-  _globals['_LISTMODELSRESPONSE']._serialized_end=823
-  _globals['_CLASSIFIER']._serialized_start=826
-  _globals['_CLASSIFIER']._serialized_end=1177
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\032com.imgclass.classifier.v1P\001Z*imgclass/gen/go/classifier/v1;classifierv1\252\002\026Imgclass.Classifier.V1'
+  _globals['_CLASSIFYREQUEST']._serialized_start=74
+  _globals['_CLASSIFYREQUEST']._serialized_end=188
+  _globals['_PREDICTION']._serialized_start=190
+  _globals['_PREDICTION']._serialized_end=232
+  _globals['_CLASSIFYRESPONSE']._serialized_start=235
+  _globals['_CLASSIFYRESPONSE']._serialized_end=611
+  _globals['_CLASSIFYRESPONSE_REASON']._serialized_start=493
+  _globals['_CLASSIFYRESPONSE_REASON']._serialized_end=611
+  _globals['_CLASSIFYBATCHREQUEST']._serialized_start=613
+  _globals['_CLASSIFYBATCHREQUEST']._serialized_end=685
+  _globals['_CLASSIFYBATCHRESPONSE']._serialized_start=687
+  _globals['_CLASSIFYBATCHRESPONSE']._serialized_end=762
+  _globals['_LISTMODELSREQUEST']._serialized_start=764
+  _globals['_LISTMODELSREQUEST']._serialized_end=783
+  _globals['_MODELINFO']._serialized_start=786
+  _globals['_MODELINFO']._serialized_end=1102
+  _globals['_MODELINFO_STATE']._serialized_start=914
+  _globals['_MODELINFO_STATE']._serialized_end=1102
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1104
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1166
+  _globals['_CLASSIFIER']._serialized_start=1169
+  _globals['_CLASSIFIER']._serialized_end=1520
 # @@protoc_insertion_point(module_scope)

@@ -27,6 +27,9 @@ if _version_not_supported:
 
 class ClassifierStub:
     """Classifies images with the models the gateway fronts.
+
+    buf:lint:ignore SERVICE_SUFFIX
+    (Released as `Classifier`; renaming the service changes every method's path.)
     """
 
     def __init__(self, channel):
@@ -59,24 +62,45 @@ class ClassifierStub:
 
 class ClassifierServicer:
     """Classifies images with the models the gateway fronts.
+
+    buf:lint:ignore SERVICE_SUFFIX
+    (Released as `Classifier`; renaming the service changes every method's path.)
     """
 
     def Classify(self, request, context):
         """One image, one decision.
+
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        (Released sharing its messages with ClassifyStream; changing an RPC's types is not wire
+        compatible.)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ClassifyBatch(self, request, context):
-        """Several images in one call; answers in request order.
+        """Up to 64 images in one call; one answer per request, in request order.
+
+        Per item: a bad image (or any other per-image failure) fails only its own entry, whose
+        `error` is set; the others carry their decisions. The call as a whole fails only for what
+        concerns the whole call: UNAUTHENTICATED, TOO_MANY_IMAGES, TOO_LARGE (the message), the call's
+        own DEADLINE_EXCEEDED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ClassifyStream(self, request_iterator, context):
-        """A stream of images; one answer per image, in order.
+        """A stream of images; one answer per request message, in request order, each sent as soon as
+        it is ready (a client may send one image and wait for its answer). A failed item answers with
+        its `error` set and the stream goes on; the stream itself ends with an error only for what
+        concerns the whole call (authentication, its deadline, a message that does not parse or is
+        over the size limit, the gateway's shutdown grace running out).
+
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        (Released sharing Classify's messages; changing an RPC's types is not wire compatible.)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -122,6 +146,9 @@ def add_ClassifierServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Classifier:
     """Classifies images with the models the gateway fronts.
+
+    buf:lint:ignore SERVICE_SUFFIX
+    (Released as `Classifier`; renaming the service changes every method's path.)
     """
 
     @staticmethod
