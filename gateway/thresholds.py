@@ -4,11 +4,17 @@ Pure and lean (pydantic + stdlib): the gateway applies these rules to every answ
 the very same function to scores computed in-process with TensorFlow, so "the gateway's decision"
 and "the model's decision" cannot drift apart.
 
-Two rules, chosen by the number of labels the model reports:
+First the out-of-distribution guard, when the model exports an OOD score (training/ood.py): an
+image whose `ood_score` is above the threshold (the model's own exported `ood_threshold`, or
+`ood.max_score` when the settings override it) is uncertain, whatever its class scores say.
+Then one of two rules, chosen by the number of labels the model reports:
 
 * two labels: a band on the positive class's score. `> upper` gives the positive label,
   `< lower` the other one, anything in between (edges included) is uncertain.
 * more labels: the top score must be `>= min_score` and beat the runner-up by `>= min_margin`.
+
+Every decision carries its reason, named as the `classifier.v1.ClassifyResponse.Reason` values:
+CONFIDENT, OUT_OF_DISTRIBUTION, LOW_SCORE, SMALL_MARGIN (multi-class) or IN_BAND (binary).
 
 Scores arrive as float32 (TensorProto DT_FLOAT), so the comparisons run in float32 too: a score
 that is "0.35" on the wire is exactly the threshold 0.35, not a hair below it.
@@ -23,6 +29,14 @@ from typing import Sequence
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DEFAULT_UNCERTAIN_LABEL = "not sure"
+
+# Why a decision is what it is: the names of classifier.v1.ClassifyResponse.Reason.
+CONFIDENT = "CONFIDENT"
+OUT_OF_DISTRIBUTION = "OUT_OF_DISTRIBUTION"
+LOW_SCORE = "LOW_SCORE"
+SMALL_MARGIN = "SMALL_MARGIN"
+IN_BAND = "IN_BAND"
+REASONS = (CONFIDENT, OUT_OF_DISTRIBUTION, LOW_SCORE, SMALL_MARGIN, IN_BAND)
 
 
 def _f32(value: float) -> float:
@@ -59,13 +73,26 @@ class MulticlassRule(BaseModel):
                               description="top-1 minus top-2 score must be >= this")
 
 
+class OodGuard(BaseModel):
+    """The out-of-distribution guard, for models that export `ood_score` and `ood_threshold`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = Field(True, description="answer uncertain (OUT_OF_DISTRIBUTION) when the model's ood_score "
+                                            "is above the threshold; false ignores the score")
+    max_score: float | None = Field(None, ge=0.0,
+                                    description="the threshold instead of the model's own calibrated "
+                                                "ood_threshold; an image is out of distribution when ood_score > this")
+
+
 class Thresholds(BaseModel):
-    """Both rules for one model; which one applies depends on how many labels the model has."""
+    """The rules for one model: the OOD guard, then the binary or multi-class rule by label count."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     binary: BinaryBand = Field(default_factory=BinaryBand)
     multiclass: MulticlassRule = Field(default_factory=MulticlassRule)
+    ood: OodGuard = Field(default_factory=OodGuard)
 
 
 @dataclass(frozen=True)
@@ -76,11 +103,14 @@ class Prediction:
 
 @dataclass(frozen=True)
 class Decision:
-    """The answer for one image: the decided label and the top-k predictions, highest first."""
+    """The answer for one image: the decided label, why (one of REASONS), the top-k predictions
+    (highest first) and the OOD score it was judged on (None when the model has none)."""
 
     label: str
     confident: bool
     predictions: tuple[Prediction, ...]
+    reason: str = CONFIDENT
+    ood_score: float | None = None
 
 
 def check_labels(labels: Sequence[str], thresholds: Thresholds) -> None:
@@ -98,36 +128,63 @@ def top_predictions(labels: Sequence[str], scores: Sequence[float], top_k: int) 
     return tuple(Prediction(labels[i], float(scores[i])) for i in order[:max(top_k, 0)])
 
 
+def out_of_distribution(ood_score: float | None, ood_threshold: float | None, guard: OodGuard) -> bool:
+    """Whether the guard rejects an image: its score is above the threshold in force.
+
+    The threshold in force is `guard.max_score` when set, else the model's `ood_threshold`. No
+    score (a model without the output), no threshold in force, or a disabled guard: never
+    rejected. A NaN score is rejected (nothing proves the image is in distribution).
+    """
+    if not guard.enabled or ood_score is None:
+        return False
+    limit = guard.max_score if guard.max_score is not None else ood_threshold
+    if limit is None:
+        return False
+    score = _f32(ood_score)
+    return score != score or score > _f32(limit)
+
+
 def decide(labels: Sequence[str], scores: Sequence[float], thresholds: Thresholds,
-           uncertain_label: str = DEFAULT_UNCERTAIN_LABEL, top_k: int = 5) -> Decision:
-    """Apply the model's rule to one row of scores; `labels[i]` names `scores[i]`."""
+           uncertain_label: str = DEFAULT_UNCERTAIN_LABEL, top_k: int = 5,
+           ood_score: float | None = None, ood_threshold: float | None = None) -> Decision:
+    """Apply the model's rules to one row of scores; `labels[i]` names `scores[i]`.
+
+    `ood_score` and `ood_threshold` are the model's outputs of those names for this image (None
+    for a model without them). The OOD guard goes first: an image it rejects is uncertain with
+    reason OUT_OF_DISTRIBUTION, whatever the class scores say.
+    """
     if len(labels) != len(scores):
         raise ValueError(f"{len(scores)} scores for {len(labels)} labels")
     check_labels(labels, thresholds)
     predictions = top_predictions(labels, scores, top_k)
+    ood = None if ood_score is None else float(ood_score)
+    if out_of_distribution(ood_score, ood_threshold, thresholds.ood):
+        return Decision(uncertain_label, False, predictions, OUT_OF_DISTRIBUTION, ood)
     if len(labels) == 2:
-        label = _binary_label(labels, scores, thresholds.binary)
+        label, reason = _binary_label(labels, scores, thresholds.binary)
     else:
-        label = _multiclass_label(labels, scores, thresholds.multiclass)
+        label, reason = _multiclass_label(labels, scores, thresholds.multiclass)
     if label is None:
-        return Decision(uncertain_label, False, predictions)
-    return Decision(label, True, predictions)
+        return Decision(uncertain_label, False, predictions, reason, ood)
+    return Decision(label, True, predictions, reason, ood)
 
 
-def _binary_label(labels: Sequence[str], scores: Sequence[float], band: BinaryBand) -> str | None:
+def _binary_label(labels: Sequence[str], scores: Sequence[float], band: BinaryBand) -> tuple[str | None, str]:
     positive = labels.index(band.positive_label) if band.positive_label is not None else 1
     score = _f32(scores[positive])
     if score > _f32(band.upper):
-        return labels[positive]
+        return labels[positive], CONFIDENT
     if score < _f32(band.lower):
-        return labels[1 - positive]
-    return None
+        return labels[1 - positive], CONFIDENT
+    return None, IN_BAND
 
 
-def _multiclass_label(labels: Sequence[str], scores: Sequence[float], rule: MulticlassRule) -> str | None:
+def _multiclass_label(labels: Sequence[str], scores: Sequence[float], rule: MulticlassRule) -> tuple[str | None, str]:
     ranked = sorted(range(len(scores)), key=lambda i: -scores[i])
     top1 = _f32(scores[ranked[0]])
     top2 = _f32(scores[ranked[1]]) if len(ranked) > 1 else 0.0
-    if top1 >= _f32(rule.min_score) and _f32(top1 - top2) >= _f32(rule.min_margin):
-        return labels[ranked[0]]
-    return None
+    if top1 < _f32(rule.min_score):
+        return None, LOW_SCORE
+    if _f32(top1 - top2) < _f32(rule.min_margin):
+        return None, SMALL_MARGIN
+    return labels[ranked[0]], CONFIDENT

@@ -10,7 +10,8 @@ import struct
 import pytest
 from pydantic import ValidationError
 
-from gateway.thresholds import BinaryBand, MulticlassRule, Prediction, Thresholds, check_labels, decide
+from gateway.thresholds import (REASONS, BinaryBand, MulticlassRule, OodGuard, Prediction, Thresholds, check_labels,
+                                decide)
 
 
 def f32(x: float) -> float:
@@ -74,6 +75,57 @@ def row(**scores: float) -> list[float]:
 def test_multiclass_rule(scores, label, confident):
     d = decide(FASHION, [f32(s) for s in scores], DEFAULT, "not sure", top_k=3)
     assert (d.label, d.confident) == (label, confident)
+
+
+@pytest.mark.parametrize("labels, scores, reason", [
+    (FASHION, row(Bag=0.9, Coat=0.1), "CONFIDENT"),
+    (FASHION, row(Bag=0.49, Coat=0.1), "LOW_SCORE"),
+    (FASHION, row(Bag=0.45, Coat=0.44), "LOW_SCORE"),      # both fail: the score is named first
+    (FASHION, row(Bag=0.55, Coat=0.46), "SMALL_MARGIN"),
+    (BINARY, [0.1, 0.9], "CONFIDENT"),
+    (BINARY, [0.9, 0.1], "CONFIDENT"),
+    (BINARY, [0.5, 0.5], "IN_BAND"),
+])
+def test_every_decision_says_why(labels, scores, reason):
+    d = decide(labels, [f32(s) for s in scores], DEFAULT)
+    assert d.reason == reason and d.confident == (reason == "CONFIDENT") and d.ood_score is None
+    assert reason in REASONS
+
+
+SURE_BAG = row(Bag=0.9, Coat=0.1)
+DISABLED, OVERRIDE = Thresholds(ood=OodGuard(enabled=False)), Thresholds(ood=OodGuard(max_score=5.0))
+
+
+@pytest.mark.parametrize("labels, scores, rules, ood_score, ood_threshold, label, reason", [
+    (FASHION, SURE_BAG, DEFAULT, 1.0, 2.0, "Bag", "CONFIDENT"),
+    (FASHION, SURE_BAG, DEFAULT, 2.0, 2.0, "Bag", "CONFIDENT"),                # at the threshold: not over it
+    (FASHION, SURE_BAG, DEFAULT, 2.0000002, 2.0, "not sure", "OUT_OF_DISTRIBUTION"),  # one float32 step over
+    (FASHION, SURE_BAG, DEFAULT, 40.0, 2.0, "not sure", "OUT_OF_DISTRIBUTION"),
+    (FASHION, row(Bag=0.3, Coat=0.3), DEFAULT, 40.0, 2.0, "not sure", "OUT_OF_DISTRIBUTION"),  # OOD goes first
+    (BINARY, [0.05, 0.95], DEFAULT, 40.0, 2.0, "not sure", "OUT_OF_DISTRIBUTION"),
+    (BINARY, [0.5, 0.5], DEFAULT, 1.0, 2.0, "not sure", "IN_BAND"),
+    (FASHION, SURE_BAG, DEFAULT, float("nan"), 2.0, "not sure", "OUT_OF_DISTRIBUTION"),
+    (FASHION, SURE_BAG, DEFAULT, 40.0, None, "Bag", "CONFIDENT"),              # no threshold: no guard
+    (FASHION, SURE_BAG, DISABLED, 40.0, 2.0, "Bag", "CONFIDENT"),
+    (FASHION, SURE_BAG, OVERRIDE, 4.0, 2.0, "Bag", "CONFIDENT"),               # the override replaces 2.0
+    (FASHION, SURE_BAG, OVERRIDE, 5.5, 2.0, "not sure", "OUT_OF_DISTRIBUTION"),
+    (FASHION, SURE_BAG, OVERRIDE, 5.5, None, "not sure", "OUT_OF_DISTRIBUTION"),
+])
+def test_out_of_distribution_guard(labels, scores, rules, ood_score, ood_threshold, label, reason):
+    d = decide(labels, [f32(s) for s in scores], rules, "not sure", top_k=2,
+               ood_score=f32(ood_score), ood_threshold=None if ood_threshold is None else f32(ood_threshold))
+    assert (d.label, d.confident, d.reason) == (label, reason == "CONFIDENT", reason)
+    assert len(d.predictions) == 2 and d.predictions[0].score == f32(max(scores))  # the scores are still shown
+    assert d.ood_score == f32(ood_score) or ood_score != ood_score
+
+
+def test_ood_guard_settings_are_validated():
+    assert Thresholds().ood == OodGuard(enabled=True, max_score=None)
+    assert Thresholds.model_validate({"ood": {"max_score": 3}}).ood.max_score == 3.0
+    with pytest.raises(ValidationError):
+        OodGuard(max_score=-1.0)
+    with pytest.raises(ValidationError):
+        Thresholds.model_validate({"ood": {"threshold": 3}})
 
 
 @pytest.mark.parametrize("top1, top2, confident", [
