@@ -3,7 +3,8 @@
 A server under load that answers fast but wrong (an empty prediction list, a label the model does
 not have, scores out of order) must fail the run, not improve its latency figures. Every answer
 the load test receives, over gRPC or REST, is turned into an `Answer` and checked against the
-contract (CONTRACT §4) and against what `ListModels` said about the models (`Catalogue`).
+gateway's API (README.md, "API" and "Decisions") and against what `ListModels` said about the
+models (`Catalogue`).
 
 Plain data in, `InvalidAnswer` out: no Locust, no gRPC, so the rules are unit-testable.
 """
@@ -14,7 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
-DEFAULT_UNCERTAIN_LABEL = "not sure"  # the gateway's default (CONTRACT §4)
+DEFAULT_UNCERTAIN_LABEL = "not sure"  # the gateway's default uncertain_label (README.md)
 _SCORE_SLACK = 1e-4  # float32 probabilities may overshoot [0, 1] by rounding
 
 
@@ -72,7 +73,7 @@ class Answer:
 
     @classmethod
     def from_json(cls, body: Any) -> "Answer":
-        """From the REST answer: the JSON of `ClassifyResponse` (CONTRACT §5)."""
+        """From the REST answer: the JSON of `ClassifyResponse` (protos/classifier/v1/classifier.proto)."""
         if not isinstance(body, dict):
             raise InvalidAnswer(f"expected a JSON object, got {type(body).__name__}")
         missing = [key for key in ("model", "model_version", "label", "confident", "predictions")

@@ -13,9 +13,10 @@ Each first asks for the models and their labels (ListModels / `GET /v1/models`) 
 every answer against them (loadtest/checks.py). Images come from loadtest/images.py.
 
 The load shape (`--shape steady|step|spike`, loadtest/shapes.py) reads `--users`, `--spawn-rate`
-and `--run-time`. At the end, the SLO verdict (loadtest/slo.py) decides the exit code: 0 when every
-limit holds, 1 otherwise, naming the missed limits. This replaces Locust's default "1 on any
-failed request": a run within its error budget passes.
+and `--run-time`. At the end, the SLO verdict (loadtest/slo.py: the aggregate limits and the
+per-route/transport rules of `--slo` and `--slo-file`) decides the exit code: 0 when every limit
+holds, 1 otherwise, naming the missed limits. This replaces Locust's default "1 on any failed
+request": a run within its error budget passes.
 """
 
 # gRPC must use gevent for its I/O before any channel exists (Locust has already monkey-patched
@@ -33,6 +34,7 @@ from pathlib import Path  # noqa: E402
 import urllib3  # noqa: E402
 from locust import FastHttpUser, LoadTestShape, constant, events, task  # noqa: E402
 from locust.runners import MasterRunner, WorkerRunner  # noqa: E402
+from locust.stats import StatsEntry  # noqa: E402
 
 import gateway.generated  # noqa: E402,F401  (puts the classifier.v1 stubs on sys.path)
 from classifier.v1 import classifier_pb2 as pb  # noqa: E402
@@ -227,6 +229,41 @@ class ConfiguredShape(LoadTestShape):
         return shapes.SHAPES[opts.shape](self.get_run_time(), params)
 
 
+def _merged(environment, label: str, selector: slo.Selector) -> StatsEntry | None:
+    """One StatsEntry over every request the selector matches (None when it matches none)."""
+    matching = [e for e in environment.stats.entries.values()
+                if selector.matches(slo.transport_of(e.method or ""), e.name)]
+    if not matching:
+        return None
+    merged = StatsEntry(environment.stats, label, "")
+    for entry in matching:
+        merged.extend(entry)
+    return merged
+
+
+def _judge_rules(environment) -> list[slo.RuleResult]:
+    try:
+        rules = load_options.slo_rules(environment.parsed_options)
+    except slo.SloSpecError as exc:  # python -m loadtest.run checks them before the run starts
+        return [slo.RuleResult(slo.Rule(slo.Selector(), ()), None, (str(exc),))]
+    seen = sorted({f"{slo.transport_of(e.method or '')} {e.name}" for e in environment.stats.entries.values()})
+    results = []
+    for rule in rules:
+        merged = _merged(environment, rule.selector.describe(), rule.selector)
+        figures = None if merged is None else slo.Figures.from_locust(merged, rule.limits)
+        results.append(slo.judge(rule, figures, seen))
+    return results
+
+
+def _transport_rows(environment) -> list[dict]:
+    rows = []
+    for transport in slo.TRANSPORTS:
+        merged = _merged(environment, f"all {transport}", slo.Selector(transport))
+        if merged is not None:
+            rows.append(summary.request_row(merged, transport, f"all {transport}"))
+    return rows
+
+
 @events.quitting.add_listener
 def _slo_verdict(environment, **_kwargs):
     if isinstance(environment.runner, WorkerRunner):
@@ -235,8 +272,10 @@ def _slo_verdict(environment, **_kwargs):
     limits = slo.SloLimits(p95_ms=opts.slo_p95_ms, p99_ms=opts.slo_p99_ms,
                            max_error_percent=opts.slo_error_percent, min_rps=opts.slo_min_rps)
     exceptions = sum(row["count"] for row in environment.runner.exceptions.values())
-    verdict = slo.evaluate(limits, slo.Measured.from_locust(environment.stats.total, exceptions))
+    verdict = slo.evaluate(limits, slo.Measured.from_locust(environment.stats.total, exceptions),
+                           _judge_rules(environment))
     print(verdict.render(), file=sys.stderr, flush=True)
     if opts.verdict_file:
-        slo.write_verdict(Path(opts.verdict_file), verdict, summary.final_requests(environment.stats))
+        slo.write_verdict(Path(opts.verdict_file), verdict, summary.final_requests(environment.stats),
+                          _transport_rows(environment))
     environment.process_exit_code = 0 if verdict.passed else 1

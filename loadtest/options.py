@@ -13,8 +13,10 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
+from loadtest import slo
+
 SHAPE_NAMES = ("steady", "step", "spike")
-DEFAULT_GATEWAY_GRPC_PORT = 50051  # CONTRACT §2
+DEFAULT_GATEWAY_GRPC_PORT = 50051  # the gateway's default grpc_port (README.md, "Configuration")
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,7 @@ class Option:
     help: str
     choices: Sequence[str] | None = None
     metavar: str | None = None
+    repeat: bool = False  # may be given several times; the value is a list (None when never given)
 
     @property
     def flag(self) -> str:
@@ -47,6 +50,15 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
     return value
+
+
+def _slo_rule(text: str) -> str:
+    """Checked here, so a mistyped rule stops the run before anything starts; passed on as text."""
+    try:
+        slo.parse_rule(text)
+    except slo.SloSpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _non_negative(text: str) -> float:
@@ -79,6 +91,12 @@ OPTIONS: tuple[Option, ...] = (
            metavar="PERCENT"),
     Option("slo_min_rps", _non_negative, 1.0, "SLO: least requests per second over the run",
            metavar="RPS"),
+    Option("slo", _slo_rule, None,
+           "SLO of one route or transport, '[grpc|rest] [ROUTE]:LIMIT[,LIMIT...]' with LIMIT "
+           "pNN<=MS[ms|s], errors<=PERCENT[%%] or rps>=RATE, e.g. 'grpc Classify:p95<=150ms'; repeatable",
+           metavar="RULE", repeat=True),
+    Option("slo_file", str, "", "YAML file of per-route/transport SLOs (selector: limits, as --slo)",
+           metavar="PATH"),
     Option("verdict_file", str, "", "write the SLO verdict and final figures as JSON to this file",
            metavar="PATH"),
 )
@@ -93,6 +111,8 @@ def add_options(parser: Any, *, env: bool = False, skip: Sequence[str] = ()) -> 
         shown = f" (default: {opt.default})" if opt.default not in ("", None) else ""
         kwargs: dict[str, Any] = dict(type=opt.type, default=opt.default, choices=opt.choices,
                                       metavar=opt.metavar, help=opt.help + shown)
+        if opt.repeat:
+            kwargs["action"] = "append"
         if env:
             kwargs["env_var"] = opt.env_var
         parser.add_argument(opt.flag, **kwargs)
@@ -103,9 +123,18 @@ def to_argv(values: Mapping[str, Any]) -> list[str]:
     argv: list[str] = []
     for opt in OPTIONS:
         value = values.get(opt.dest, opt.default)
-        if value is not None:
-            argv += [opt.flag, str(value)]
+        if value is None:
+            continue
+        for item in (value if opt.repeat else [value]):
+            argv += [opt.flag, str(item)]
     return argv
+
+
+def slo_rules(values: Any) -> list[slo.Rule]:
+    """The per-route/transport rules of parsed options: --slo-file's first, then each --slo.
+    Raises slo.SloSpecError."""
+    rules = slo.load_rules(values.slo_file) if values.slo_file else []
+    return rules + [slo.parse_rule(text) for text in values.slo or ()]
 
 
 def default_grpc_target(http_url: str) -> str:
