@@ -8,14 +8,21 @@ gateway answers and tests it as it is.
 Locust runs as a child process (it monkey-patches the standard library with gevent, which this
 process must not be), bounded by `--duration` plus a grace period after which it is stopped. The
 report goes to `reports/loadtest/<timestamp>/`: Locust's HTML report and CSV files, its log, the
-verdict JSON and `summary.md`. The exit code is Locust's: 0 when the SLO held, 1 when a limit was
-missed; 2 when the run itself broke (target not ready, stack failed to start, Locust hung).
+verdict JSON and `summary.md` with its plots.
+
+While Locust runs, a thread reads the gateway's `/metrics` (loadtest/scrape.py) so the report can
+say what happened inside the gateway; with `--baseline`, the run is compared with an earlier one
+(loadtest/baseline.py) and the stage that moved is named. The exit code is Locust's: 0 when the
+SLO held, 1 when a limit was missed; also 1 when the run regressed against `--baseline` beyond the
+tolerance; 2 when the run itself broke (bad options or baseline file, target not ready, stack
+failed to start, Locust hung).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import subprocess
 import sys
@@ -31,7 +38,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import gateway.generated  # noqa: F401  (puts the classifier.v1 stubs on sys.path)
 from classifier.v1 import classifier_pb2, classifier_pb2_grpc
-from loadtest import machine, options, slo, summary
+from loadtest import baseline, compare, machine, options, plots, scrape, slo, summary
 from tools import stack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,13 +89,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--report-dir", type=Path, default=None, metavar="DIR",
                         help="where to write the report (default: reports/loadtest/<timestamp>)")
     parser.add_argument("--verbose", action="store_true", help="echo the servers' logs")
+    parser.add_argument("--metrics-url", default="", metavar="URL",
+                        help="the gateway's Prometheus metrics, read before, during and after the run "
+                             "(default: <gateway HTTP URL>/metrics; `none`: do not read them)")
+    parser.add_argument("--scrape-interval", type=float, default=1.0, metavar="SECONDS",
+                        help="seconds between reads of the metrics during the run; 0: only before and "
+                             "after (default: %(default)s)")
     group = parser.add_argument_group("workload, shape and SLO (the locustfile's own options)")
     options.add_options(group, skip=("verdict_file",))
+    compare.add_arguments(parser, what="a load-test report folder or its verdict.json", ms_default=5.0)
     args = parser.parse_args(argv)
     if args.users < 1 or args.spawn_rate <= 0 or args.duration <= 0:
         parser.error("--users must be >= 1, --spawn-rate and --duration > 0")
     if args.processes == 0 or args.processes < -1:
         parser.error("--processes must be >= 1, or -1 for one per core")
+    if args.scrape_interval < 0:
+        parser.error("--scrape-interval must be >= 0")
+    try:  # before anything starts: a mistyped rule, tolerance or baseline must not cost a whole run
+        options.slo_rules(args)
+        args.tolerance = compare.tolerance_of(args)
+        args.baseline_record = baseline.load(args.baseline) if args.baseline else None
+    except (slo.SloSpecError, ValueError, baseline.BaselineError) as exc:
+        parser.error(str(exc))
     return args
 
 
@@ -180,8 +202,54 @@ def settings_of(args: argparse.Namespace) -> dict[str, object]:
     for opt in options.OPTIONS:
         if opt.dest not in ("grpc_target", "verdict_file"):
             value = getattr(args, opt.dest)
-            shown[opt.flag.lstrip("-")] = "(gateway default)" if value == "" else value
+            if opt.repeat:
+                value = "; ".join(value or [])
+            if value == "":
+                value = "(gateway default)" if opt.dest == "model" else "none"
+            shown[opt.flag.lstrip("-")] = value
     return shown
+
+
+def metrics_url(args: argparse.Namespace, target: Target) -> str | None:
+    if args.metrics_url.lower() == "none":
+        return None
+    return args.metrics_url or f"{target.http_url}/metrics"
+
+
+@contextlib.contextmanager
+def scraping(url: str | None, interval: float) -> Iterator[scrape.Scraper | None]:
+    """Read the gateway's metrics around (and during) the block; never fails the run."""
+    if url is None:
+        yield None
+        return
+    scraper = scrape.Scraper(url, interval).start()
+    if not scraper.snapshots:
+        print(f"warning: cannot read the gateway's metrics, the report will not say what happened inside it: "
+              f"{scraper.errors[0]}", file=sys.stderr, flush=True)
+    try:
+        yield scraper
+    finally:
+        scraper.stop()
+
+
+def gateway_record(scraper: scrape.Scraper | None, verdict: dict | None) -> dict | None:
+    if scraper is None:
+        return None
+    if scraper.error:
+        return {"url": scraper.url, "error": scraper.error}
+    total = next((r for r in (verdict or {}).get("requests", []) if r["name"] == summary.AGGREGATED), None)
+    return scrape.summarize(scraper.snapshots, scraper.url, total["requests"] if total else None)
+
+
+def judge_against_baseline(args: argparse.Namespace, verdict: dict | None) -> baseline.Comparison | None:
+    if args.baseline_record is None:
+        return None
+    if verdict is None:
+        print("baseline: no comparison, the run has no verdict", file=sys.stderr)
+        return None
+    result = baseline.compare(verdict, args.baseline_record, args.tolerance, str(baseline.resolve(args.baseline)))
+    print(result.console(), file=sys.stderr)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,17 +261,39 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with target_for(args, report_dir) as target:
             print(f"load test: {target.description}", file=sys.stderr, flush=True)
-            code = run_locust(locust_argv(args, target, report_dir), report_dir, args.duration + STOP_GRACE_S)
+            with scraping(metrics_url(args, target), args.scrape_interval) as scraper:
+                code = run_locust(locust_argv(args, target, report_dir), report_dir, args.duration + STOP_GRACE_S)
     except (TargetError, stack.StackError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BROKEN
-    verdict = slo.read_verdict(report_dir / "verdict.json")
+    verdict_path = report_dir / "verdict.json"
+    verdict = slo.read_verdict(verdict_path)
+    gateway = gateway_record(scraper, verdict)
+    snapshots = scraper.snapshots if scraper is not None and not scraper.error else []
+    if snapshots:
+        scrape.write_history(snapshots, report_dir / "gateway_metrics.csv")
+    if verdict is not None:  # what a later run needs to compare itself with this one
+        verdict |= {"settings": settings_of(args), "gateway": gateway}
+    comparison = judge_against_baseline(args, verdict)
+    if comparison is not None:
+        verdict["baseline"] = comparison.to_json()
+        if not comparison.passed and code == 0:
+            code = 1
+    if verdict is not None:
+        verdict_path.write_text(json.dumps(verdict, indent=2) + "\n", encoding="utf-8")
+    history = summary.read_csv(report_dir / f"{CSV_PREFIX}_stats_history.csv")
+    found = summary.stages(history)
+    drawn = plots.render(report_dir, history, snapshots, found, summary.knee(found))
+    for name, why in drawn.items():
+        if why:
+            print(f"warning: plot {name} unavailable: {why}", file=sys.stderr)
     files = sorted({p.name for p in report_dir.iterdir()} | {"summary.md"})
     text = summary.render(
         title=f"Load test {started}: {'PASS' if code == 0 else 'FAIL'}", verdict=verdict, exit_code=code,
         target=target.description, batch_images=args.batch_images, settings=settings_of(args),
-        machine=host_machine,
-        csv_prefix=report_dir / CSV_PREFIX, files=files)
+        machine=host_machine, csv_prefix=report_dir / CSV_PREFIX, files=files, plots=drawn,
+        baseline=comparison.markdown() if comparison else (), gateway=gateway,
+        stage_windows=[scrape.window(snapshots, s.start, s.end) for s in found])
     (report_dir / "summary.md").write_text(text, encoding="utf-8")
     print(f"\nreport: {report_dir}/summary.md (HTML: {report_dir}/report.html)", file=sys.stderr)
     return code

@@ -2,7 +2,11 @@
 
 Built from what the run left on disk: the verdict JSON written by the locustfile's quitting
 listener and Locust's CSV files (`<prefix>_stats.csv`, `_stats_history.csv`, `_failures.csv`), so
-it describes exactly the run the HTML report shows.
+it describes exactly the run the HTML report shows; plus what loadtest/run.py hands it: the plots
+drawn beside it (loadtest/plots.py), the comparison with a baseline run (loadtest/baseline.py) and
+the gateway's own metrics (loadtest/scrape.py). Sections, in the order a reader asks: verdict
+(aggregate and per route/transport), against the baseline, over time, requests, inside the
+gateway, by stage, failures, settings, machine, files.
 
 The "by stage" table turns the stats history into one row per stretch of constant user count:
 throughput from the growth of the request counter over the stretch, p95 from Locust's 10-second
@@ -37,6 +41,8 @@ class Stage:
     rps: float
     failures: int
     p95_ms: str
+    start: float = 0.0  # Unix times of the stretch's first and last history row
+    end: float = 0.0
 
 
 def stages(history: Iterable[Mapping[str, str]]) -> list[Stage]:
@@ -61,7 +67,8 @@ def stages(history: Iterable[Mapping[str, str]]) -> list[Stage]:
             continue
         requests = int(end["Total Request Count"]) - int(start["Total Request Count"])
         failures = int(end["Total Failure Count"]) - int(start["Total Failure Count"])
-        out.append(Stage(int(end["User Count"]), seconds, requests / seconds, failures, end.get("95%", "N/A")))
+        out.append(Stage(int(end["User Count"]), seconds, requests / seconds, failures, end.get("95%", "N/A"),
+                         float(start["Timestamp"]), float(end["Timestamp"])))
     return out
 
 
@@ -80,6 +87,15 @@ def _ms(value: str | float) -> str:
         return value or "n/a"
 
 
+def request_row(entry, type_: str, name: str) -> dict:
+    """One row of final figures from a Locust `StatsEntry`."""
+    return {"type": type_, "name": name, "requests": entry.num_requests, "failures": entry.num_failures,
+            "p50_ms": entry.get_response_time_percentile(0.5) or 0,
+            "p95_ms": entry.get_response_time_percentile(0.95) or 0,
+            "p99_ms": entry.get_response_time_percentile(0.99) or 0, "max_ms": entry.max_response_time or 0,
+            "mean_ms": entry.avg_response_time or 0, "rps": entry.total_rps}
+
+
 def final_requests(stats) -> list[dict]:
     """Per-request-name figures at the end of the run, from Locust's `RequestStats`.
 
@@ -87,11 +103,7 @@ def final_requests(stats) -> list[dict]:
     rewritten once a second and can miss the last requests, this cannot.
     """
     entries = sorted(stats.entries.values(), key=lambda e: (e.method or "", e.name)) + [stats.total]
-    return [{"type": e.method or "", "name": e.name, "requests": e.num_requests, "failures": e.num_failures,
-             "p50_ms": e.get_response_time_percentile(0.5) or 0,
-             "p95_ms": e.get_response_time_percentile(0.95) or 0,
-             "p99_ms": e.get_response_time_percentile(0.99) or 0, "max_ms": e.max_response_time or 0,
-             "rps": e.total_rps} for e in entries]
+    return [request_row(e, e.method or "", e.name) for e in entries]
 
 
 def requests_from_csv(rows: Sequence[Mapping[str, str]]) -> list[dict]:
@@ -129,14 +141,21 @@ def requests_table(rows: Sequence[Mapping]) -> list[str]:
     return lines
 
 
-def stages_table(found: Sequence[Stage]) -> list[str]:
+def stages_table(found: Sequence[Stage], windows: Sequence[Mapping[str, float]] = ()) -> list[str]:
+    """One row per load stage; with `windows` (the gateway's stage means per load stage, from
+    loadtest/scrape.py `window`), its time per image in each stage too."""
     if not found:
         return ["(the run was too short for stable stages)"]
     best = knee(found)
-    lines = ["| users | seconds | req/s | failures | p95 ms (last 10 s) |", "|---:|---:|---:|---:|---:|"]
-    for s in found:
+    names = list(dict.fromkeys(k for w in windows for k in w))
+    lines = ["| users | seconds | req/s | failures | p95 ms (last 10 s) |"
+             + "".join(f" {n} ms/img |" for n in names),
+             "|---:|---:|---:|---:|---:|" + "---:|" * len(names)]
+    for i, s in enumerate(found):
         mark = " ← knee" if s is best else ""
-        lines.append(f"| {s.users} | {s.seconds:.0f} | {s.rps:,.1f}{mark} | {s.failures:,} | {_ms(s.p95_ms)} |")
+        window = windows[i] if i < len(windows) else {}
+        lines.append(f"| {s.users} | {s.seconds:.0f} | {s.rps:,.1f}{mark} | {s.failures:,} | {_ms(s.p95_ms)} |"
+                     + "".join(f" {window[n]:,.1f} |" if n in window else " – |" for n in names))
     if best is not None:
         lines.append("")
         lines.append(f"Throughput stops growing by {KNEE_GAIN - 1:.0%} per stage after {best.users} users "
@@ -168,7 +187,7 @@ def verdict_lines(verdict: Mapping | None, exit_code: int | None) -> list[str]:
     lines = [
         f"**{'PASS' if verdict['passed'] else 'FAIL'}** (exit code {exit_code})",
         "",
-        "| | measured | limit |",
+        "| all requests | measured | limit |",
         "|---|---:|---:|",
         f"| p95 latency | {m['p95_ms']:,.0f} ms | {limit('p95_ms', '≤ {:g} ms')} |",
         f"| p99 latency | {m['p99_ms']:,.0f} ms | {limit('p99_ms', '≤ {:g} ms')} |",
@@ -176,25 +195,94 @@ def verdict_lines(verdict: Mapping | None, exit_code: int | None) -> list[str]:
         f"{limit('max_error_percent', '≤ {:g} %')} |",
         f"| throughput | {m['rps']:,.1f} req/s | {limit('min_rps', '≥ {:g} req/s')} |",
     ]
+    rules = verdict.get("slos") or []
+    if rules:
+        lines += ["", "| route / transport | limit | measured | |", "|---|---|---:|---|"]
+        for rule in rules:
+            who = " ".join(p for p in (rule.get("transport"), rule.get("route")) if p) or "all requests"
+            if not rule.get("measured"):
+                limits = rule["rule"].partition(": ")[2].replace("<=", "≤").replace(">=", "≥")
+                lines.append(f"| {who} | {limits or '–'} | no requests | **missed** |")
+                continue
+            for lim in rule["limits"]:
+                unit = {"errors": " %", "rps": " req/s"}.get(lim["metric"], " ms")
+                lines.append(f"| {who} | {lim['describe'].replace('<=', '≤').replace('>=', '≥')} | "
+                             f"{lim['measured']:,.4g}{unit} | {'held' if lim['held'] else '**missed**'} |")
     if verdict["misses"]:
         lines += ["", "Missed:"] + [f"- {miss}" for miss in verdict["misses"]]
     return lines
 
 
+def _num(value: float | None, spec: str = "{:,.1f}") -> str:
+    return "–" if value is None else spec.format(value)
+
+
+def gateway_lines(gateway: Mapping | None) -> list[str]:
+    """What the gateway measured of itself during the run (loadtest/scrape.py `summarize`)."""
+    if not gateway:
+        return ["Not read (`--metrics-url none`)."]
+    if gateway.get("error"):
+        return [f"Unavailable: {gateway['error']} (from {gateway.get('url') or 'the gateway'})."]
+    stages = gateway.get("stages_ms") or {}
+    lines = ["| stage | mean ms per image |", "|---|---:|", *[f"| {k} | {v:,.2f} |" for k, v in stages.items()], ""]
+    q, inflight, back = gateway.get("queue_depth"), gateway.get("inflight"), gateway.get("backend") or {}
+    seconds = gateway.get("seconds") or 0
+    lines.append(
+        f"{gateway.get('images', 0):,.0f} images in {_num(gateway.get('predict_calls'), '{:,.0f}')} Predict calls "
+        f"({_num(gateway['predict_calls'] / seconds if seconds else None)}/s), mean batch "
+        f"{_num(gateway.get('mean_batch'), '{:,.2f}')}; queue depth "
+        + (f"{q['mean']:,.1f} mean, {q['max']:,.0f} max" if q else "not sampled")
+        + "; requests in flight "
+        + (f"{inflight['mean']:,.1f} mean, {inflight['max']:,.0f} max" if inflight else "not sampled")
+        + f"; Predict by code: {', '.join(f'{k} {v:,.0f}' for k, v in back.get('by_code', {}).items()) or 'none'}, "
+        f"retries {back.get('retries', 0):,.0f}; gateway CPU {_num(gateway.get('cpu_seconds'), '{:,.2f}')} s "
+        f"({_num(gateway.get('cpu_ms_per_request'), '{:,.2f}')} ms per request). "
+        f"From {gateway.get('reads', 0)} reads of {gateway.get('url', '/metrics')} over {seconds:,.0f} s.")
+    routes = gateway.get("routes") or {}
+    if routes:
+        lines += ["", "| route (gateway's label) | requests | mean ms inside the gateway |", "|---|---:|---:|",
+                  *[f"| {k} | {v['count']:,.0f} | {v['mean_ms']:,.1f} |" for k, v in routes.items()]]
+    return lines
+
+
+def plot_lines(name: str, alt: str, plots: Mapping[str, str | None]) -> list[str]:
+    if name not in plots:
+        return []
+    if plots[name] is not None:
+        return [f"(plot unavailable: {plots[name]})", ""]
+    return [f"![{alt}]({name})", ""]
+
+
 def render(*, title: str, verdict: Mapping | None, exit_code: int | None, target: str, batch_images: int,
-           settings: Mapping[str, object], machine: Machine, csv_prefix: Path, files: Sequence[str]) -> str:
+           settings: Mapping[str, object], machine: Machine, csv_prefix: Path, files: Sequence[str],
+           plots: Mapping[str, str | None] | None = None, baseline: Sequence[str] = (),
+           gateway: Mapping | None = None,
+           stage_windows: Sequence[Mapping[str, float]] = ()) -> str:
+    """The page. `plots`: file name -> None (drawn) or why not (loadtest/plots.py `render`);
+    `baseline`: the comparison's Markdown lines (loadtest/baseline.py), empty without one."""
+    plots = plots or {}
     requests = (verdict or {}).get("requests") or requests_from_csv(
         read_csv(csv_prefix.with_name(csv_prefix.name + "_stats.csv")))
+    shown = [r for r in requests if r["name"] != AGGREGATED] + list((verdict or {}).get("transports") or []) \
+        + [r for r in requests if r["name"] == AGGREGATED]
     history = read_csv(csv_prefix.with_name(csv_prefix.name + "_stats_history.csv"))
     failures = read_csv(csv_prefix.with_name(csv_prefix.name + "_failures.csv"))
     parts = [
         f"# {title}", "",
         f"Target: {target}", "",
         "## Verdict", "", *verdict_lines(verdict, exit_code), "",
-        "## Requests", "", *requests_table(requests), "",
+    ]
+    if baseline:
+        parts += ["## Against the baseline", "", *baseline]
+    parts += [
+        "## Over time", "", *(plot_lines("timeline.png", "throughput, latency, failures and gateway stages "
+                                         "over the run", plots) or ["(no plot)", ""]),
+        "## Requests", "", *requests_table(shown), "",
         f"Images classified: ≈ {images_per_second(requests, batch_images):,.1f} per second "
         f"({' and '.join(MULTI_IMAGE_RPCS)} carry {batch_images} images per request).", "",
-        "## By stage", "", *stages_table(stages(history)), "",
+        "## Inside the gateway", "", *gateway_lines(gateway), "",
+        "## By stage", "", *stages_table(stages(history), stage_windows), "",
+        *plot_lines("stages.png", "throughput and gateway stage times per load stage, knee marked", plots),
         "## Failures", "", *failures_table(failures), "",
         "## Settings", "", "| setting | value |", "|---|---|",
         *[f"| {k} | {v} |" for k, v in settings.items()], "",
