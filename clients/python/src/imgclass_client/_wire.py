@@ -1,0 +1,189 @@
+"""Conversions between the client's types and the wire: classifier.v1 messages and REST JSON.
+
+Shared by the gRPC and REST clients, so both answer with the same types. Also reads image sources
+(bytes or a path) and the per-call options.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Set, Tuple, Union
+
+from .errors import ClassifierError, ImageReadError, from_rest_body, from_status
+from .proto.classifier.v1 import classifier_pb2 as pb
+from .retry import Deadline, Retrier
+from .types import Classification, Images, ImageSource, ItemResult, ModelInfo, Prediction
+
+_REASONS = {v.number: v.name for v in pb.ClassifyResponse.Reason.DESCRIPTOR.values}
+_STATE_TEXT = {  # ModelInfo.state_code -> the text `state` carries for it
+    pb.ModelInfo.STATE_START: "START", pb.ModelInfo.STATE_LOADING: "LOADING",
+    pb.ModelInfo.STATE_AVAILABLE: "AVAILABLE", pb.ModelInfo.STATE_UNLOADING: "UNLOADING",
+    pb.ModelInfo.STATE_END: "END", pb.ModelInfo.STATE_UNREACHABLE: "UNAVAILABLE",
+    pb.ModelInfo.STATE_NOT_SERVED: "NOT_FOUND", pb.ModelInfo.STATE_UNUSABLE: "UNUSABLE",
+}
+
+
+@dataclass(frozen=True)
+class CallOptions:
+    """What one classify call asks for (every field optional; the gateway's defaults apply)."""
+
+    model: str = ""
+    top_k: int = 0
+    version: int = 0
+    version_label: str = ""
+
+    def __post_init__(self) -> None:
+        if self.version and self.version_label:
+            raise ValueError("give version or version_label, not both")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be 0 (the gateway's default) or more, not {self.top_k}")
+
+    def request(self, image: bytes, id: str = "") -> pb.ClassifyRequest:
+        return pb.ClassifyRequest(model=self.model, image=image, top_k=self.top_k, version=self.version,
+                                  version_label=self.version_label, id=id)
+
+    def query(self) -> Dict[str, Union[int, str]]:
+        params: Dict[str, Union[int, str]] = {}
+        if self.top_k:
+            params["top_k"] = self.top_k
+        if self.version:
+            params["version"] = self.version
+        if self.version_label:
+            params["version_label"] = self.version_label
+        return params
+
+
+# -- images -----------------------------------------------------------------------------------------
+
+def read_image(source: ImageSource) -> bytes:
+    """The encoded image: bytes as given, or the file's bytes (ImageReadError when unreadable)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source)
+    try:
+        with open(source, "rb") as file:
+            return file.read()
+    except OSError as exc:
+        raise ImageReadError(f"{os.fspath(source)}: {exc.strerror or exc}", code="FILE") from None
+
+
+def numbered(images: Images) -> Iterator[Tuple[int, str, ImageSource]]:
+    """(index, id, source) for each image: a mapping's keys are ids, a path is its own id."""
+    if isinstance(images, Mapping):
+        pairs: Iterable[Tuple[str, ImageSource]] = images.items()
+    else:
+        pairs = ((os.fspath(s) if isinstance(s, (str, os.PathLike)) else "", s) for s in images)
+    for index, (id, source) in enumerate(pairs):
+        yield index, str(id), source
+
+
+# -- answers ----------------------------------------------------------------------------------------
+
+def classification(response: pb.ClassifyResponse, request_id: str = "") -> Classification:
+    return Classification(
+        label=response.label, confident=response.confident,
+        predictions=tuple(Prediction(p.label, p.score) for p in response.predictions),
+        model=response.model, model_version=response.model_version,
+        reason=_REASONS.get(response.reason, "") if response.reason else "", id=response.id,
+        request_id=request_id)
+
+
+def item_result(index: int, id: str, response: pb.ClassifyResponse, request_id: str = "") -> ItemResult:
+    """One entry of a batch or stream: its classification or its own error."""
+    if response.HasField("error"):
+        return ItemResult(index, id or response.id, error=from_status(response.error, request_id))
+    return ItemResult(index, id or response.id, classification(response, request_id))
+
+
+def model_info(model: pb.ModelInfo) -> ModelInfo:
+    state = model.state or _STATE_TEXT.get(model.state_code, "UNKNOWN")
+    return ModelInfo(model.name, model.version, tuple(model.labels), state)
+
+
+def classification_from_json(body: Mapping[str, Any], request_id: str = "") -> Classification:
+    reason = body.get("reason") or ""
+    return Classification(
+        label=str(body.get("label", "")), confident=bool(body.get("confident", False)),
+        predictions=tuple(Prediction(str(p["label"]), float(p["score"])) for p in body.get("predictions", ())),
+        model=str(body.get("model", "")), model_version=int(body.get("model_version", 0)),
+        reason="" if reason == "REASON_UNSPECIFIED" else str(reason), id=str(body.get("id", "")),
+        request_id=request_id)
+
+
+def item_result_from_json(index: int, id: str, body: Mapping[str, Any], request_id: str) -> ItemResult:
+    if body.get("error"):
+        return ItemResult(index, id or str(body.get("id", "")),
+                          error=from_rest_body(body["error"], http_status=None, request_id=request_id))
+    return ItemResult(index, id or str(body.get("id", "")), classification_from_json(body, request_id))
+
+
+def model_info_from_json(body: Mapping[str, Any]) -> ModelInfo:
+    return ModelInfo(str(body["name"]), int(body.get("version", 0)), tuple(body.get("labels", ())),
+                     str(body.get("state", "UNKNOWN")))
+
+
+def ordered(results: Iterable[ItemResult]) -> List[ItemResult]:
+    return sorted(results, key=lambda r: r.index)
+
+
+# -- batches and streams -------------------------------------------------------------------------
+
+def local_failures(expected: collections.deque) -> Iterator[ItemResult]:
+    """The images at the front of `expected` that were never sent (unreadable files)."""
+    while expected and expected[0][2] is not None:
+        index, id, error = expected.popleft()
+        yield ItemResult(index, id, error=error)
+
+
+def readable(items: Iterable[Tuple[int, str, ImageSource]], results: Dict[int, ItemResult]
+              ) -> List[Tuple[int, str, bytes]]:
+    """The images as bytes; unreadable ones go straight into `results` with their error."""
+    todo = []
+    for index, id, source in items:
+        try:
+            todo.append((index, id, read_image(source)))
+        except ClassifierError as exc:
+            results[index] = ItemResult(index, id, error=exc)
+    return todo
+
+
+def batch_answers(todo: List[Tuple[int, str, bytes]], response: pb.ClassifyBatchResponse, rid: str,
+                   results: Dict[int, ItemResult], retrier: Retrier, attempt: int, deadline: Deadline
+                   ) -> Tuple[List[Tuple[int, str, bytes]], float]:
+    """Files one batch's answers into `results`; returns the items to send again and the wait before."""
+    if len(response.responses) != len(todo):
+        raise ClassifierError(f"the gateway answered {len(response.responses)} of {len(todo)} images",
+                              code="INTERNAL", request_id=rid)
+    again = []
+    for (index, id, image), answer in zip(todo, response.responses):
+        result = item_result(index, id, answer, rid)
+        results[index] = result
+        if result.error is not None and result.error.retryable:
+            again.append((index, id, image))
+    if not again:
+        return [], 0.0
+    errors = [results[index].error for index, _, _ in again]
+    worst = max(errors, key=lambda e: e.retry_after or 0.0)
+    try:
+        return again, retrier.next_delay(worst, attempt, deadline)
+    except ClassifierError:
+        return [], 0.0  # no retry left: the items keep their errors
+
+
+def in_threads(one: Callable[[int, str, ImageSource], ItemResult], items: Iterable[Tuple[int, str, ImageSource]],
+               concurrency: int) -> List[ItemResult]:
+    """`one(index, id, source)` for every item, `concurrency` at a time; taken from `items` lazily."""
+    if concurrency < 1:
+        raise ValueError("concurrency must be at least 1")
+    results: List[ItemResult] = []
+    with ThreadPoolExecutor(concurrency, thread_name_prefix="imgclass") as pool:
+        pending: Set[Future] = set()
+        for item in items:
+            if len(pending) >= concurrency:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                results.extend(f.result() for f in done)
+            pending.add(pool.submit(one, *item))
+        results.extend(f.result() for f in pending)
+    return ordered(results)

@@ -1,0 +1,146 @@
+"""`AsyncClassifierClient`: the asyncio gRPC client (grpc.aio; one long-lived channel).
+
+    async with AsyncClassifierClient("gateway:50051") as client:
+        print((await client.classify(Path("shoe.png").read_bytes())).label)
+        results = await client.classify_many(Path("photos").glob("*.jpg"), concurrency=16)
+
+The same methods, options, results and errors as the blocking ClassifierClient (sync.py). Create it
+inside the event loop that uses it (grpc.aio channels belong to one loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import Any, AsyncIterator, Dict, List, Optional, Tuple
+
+import grpc
+import grpc.aio
+
+from ._wire import (CallOptions, batch_answers, classification, item_result, local_failures, model_info, numbered,
+                    ordered, read_image, readable)
+from .channel import GrpcClientBase, request_id_of, rpc_error
+from .errors import ClassifierError
+from .proto.classifier.v1 import classifier_pb2 as pb
+from .retry import Deadline
+from .types import Classification, Images, ImageSource, ItemResult, ModelInfo
+
+
+class AsyncClassifierClient(GrpcClientBase):
+    """A gateway's classifier.v1 API over gRPC, for asyncio; arguments as GrpcClientBase's (channel.py)."""
+
+    _grpc = grpc.aio
+
+    async def classify(self, image: ImageSource, *, model: str = "", top_k: int = 0, version: int = 0,
+                       version_label: str = "", id: str = "", timeout: Optional[float] = None,
+                       request_id: Optional[str] = None) -> Classification:
+        """One image (bytes or a path) -> its Classification; raises ClassifierError."""
+        request = CallOptions(model, top_k, version, version_label).request(await _read(image), id)
+        response, rid = await self._unary(self._rpc.classify, request, self._deadline(timeout), request_id)
+        return classification(response, rid)
+
+    async def classify_many(self, images: Images, *, concurrency: int = 8, model: str = "", top_k: int = 0,
+                            version: int = 0, version_label: str = "",
+                            timeout: Optional[float] = None) -> List[ItemResult]:
+        """Many images, `concurrency` calls in flight, each retried on its own; results in input order."""
+        options = CallOptions(model, top_k, version, version_label)
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        items = numbered(images)
+        results: List[ItemResult] = []
+
+        async def worker() -> None:
+            for index, id, source in items:  # shared by the workers: each takes the next image
+                try:
+                    request = options.request(await _read(source))
+                    response, rid = await self._unary(self._rpc.classify, request, self._deadline(timeout), None)
+                    results.append(ItemResult(index, id, classification(response, rid)))
+                except ClassifierError as exc:
+                    results.append(ItemResult(index, id, error=exc))
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return ordered(results)
+
+    async def classify_batch(self, images: Images, *, model: str = "", top_k: int = 0, version: int = 0,
+                             version_label: str = "", timeout: Optional[float] = None) -> List[ItemResult]:
+        """Images in one ClassifyBatch call, as ClassifierClient.classify_batch."""
+        options = CallOptions(model, top_k, version, version_label)
+        deadline = self._deadline(timeout)
+        results: Dict[int, ItemResult] = {}
+        todo = readable(numbered(images), results)
+        attempt = 0
+        while todo:
+            attempt += 1
+            request = pb.ClassifyBatchRequest(requests=[options.request(image) for _, _, image in todo])
+            response, rid = await self._unary(self._rpc.classify_batch, request, deadline, None)
+            todo, delay = batch_answers(todo, response, rid, results, self._retrier, attempt, deadline)
+            await asyncio.sleep(delay)
+        return ordered(results.values())
+
+    async def stream(self, images: Images, *, model: str = "", top_k: int = 0, version: int = 0,
+                     version_label: str = "", timeout: Optional[float] = None) -> AsyncIterator[ItemResult]:
+        """ClassifyStream, as ClassifierClient.stream: `async for result in client.stream(images)`."""
+        options = CallOptions(model, top_k, version, version_label)
+        expected: collections.deque = collections.deque()
+
+        async def requests() -> AsyncIterator[pb.ClassifyRequest]:
+            for index, id, source in numbered(images):
+                try:
+                    image = await _read(source)
+                except ClassifierError as exc:
+                    expected.append((index, id, exc))
+                    continue
+                expected.append((index, id, None))
+                yield options.request(image)
+
+        call = self._rpc.classify_stream(requests(), timeout=timeout, metadata=self._metadata(None),
+                                         wait_for_ready=self._wait_for_ready)
+        try:
+            rid = ""
+            async for response in call:
+                for failure in local_failures(expected):
+                    yield failure
+                index, id, _ = expected.popleft()
+                rid = rid or request_id_of(await call.initial_metadata())
+                yield item_result(index, id, response, rid)
+            for failure in local_failures(expected):
+                yield failure
+        except grpc.RpcError as exc:
+            raise rpc_error(exc) from None
+        finally:
+            call.cancel()
+
+    async def list_models(self, *, timeout: Optional[float] = None) -> List[ModelInfo]:
+        response, _ = await self._unary(self._rpc.list_models, pb.ListModelsRequest(), self._deadline(timeout), None)
+        return [model_info(m) for m in response.models]
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> "AsyncClassifierClient":
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def _unary(self, method: Any, request: Any, deadline: Deadline,
+                     request_id: Optional[str]) -> Tuple[Any, str]:
+        self._retrier.budget.record_call()
+        attempt = 0
+        while True:
+            attempt += 1
+            call = method(request, timeout=deadline.timeout(), metadata=self._metadata(request_id),
+                          wait_for_ready=self._wait_for_ready)
+            try:
+                response = await call
+                return response, request_id_of(await call.initial_metadata())
+            except grpc.RpcError as exc:
+                error = rpc_error(exc)
+            await asyncio.sleep(self._retrier.next_delay(error, attempt, deadline))
+
+
+async def _read(source: ImageSource) -> bytes:
+    """The image's bytes; a file is read in a thread, off the event loop."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source)
+    return await asyncio.get_running_loop().run_in_executor(None, read_image, source)

@@ -1,0 +1,141 @@
+"""`ClassifierClient`: the blocking gRPC client (one long-lived channel, thread-safe).
+
+    with ClassifierClient("gateway:50051") as client:
+        print(client.classify(Path("shoe.png").read_bytes()).label)
+        for result in client.classify_many(Path("photos").glob("*.jpg"), concurrency=8):
+            print(result.id, result.classification.label if result.ok else result.error)
+
+Raises ClassifierError subclasses (errors.py); classify_many, classify_batch and stream put each
+image's own error in its ItemResult instead and raise only what fails the whole call.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import grpc
+
+from ._wire import (CallOptions, batch_answers, classification, in_threads, item_result, local_failures, model_info,
+                    numbered, ordered, read_image, readable)
+from .channel import GrpcClientBase, request_id_of, rpc_error
+from .errors import ClassifierError
+from .proto.classifier.v1 import classifier_pb2 as pb
+from .retry import Deadline
+from .types import Classification, Images, ImageSource, ItemResult, ModelInfo
+
+
+class ClassifierClient(GrpcClientBase):
+    """A gateway's classifier.v1 API over gRPC; arguments as GrpcClientBase's (channel.py)."""
+
+    # -- the API ------------------------------------------------------------------------------------
+
+    def classify(self, image: ImageSource, *, model: str = "", top_k: int = 0, version: int = 0,
+                 version_label: str = "", id: str = "", timeout: Optional[float] = None,
+                 request_id: Optional[str] = None) -> Classification:
+        """One image (bytes or a path) -> its Classification; raises ClassifierError."""
+        request = CallOptions(model, top_k, version, version_label).request(read_image(image), id)
+        response, rid = self._unary(self._rpc.classify, request, self._deadline(timeout), request_id)
+        return classification(response, rid)
+
+    def classify_many(self, images: Images, *, concurrency: int = 8, model: str = "", top_k: int = 0,
+                      version: int = 0, version_label: str = "", timeout: Optional[float] = None) -> List[ItemResult]:
+        """Many images, `concurrency` calls in flight, each retried on its own; results in input order.
+
+        `images`: bytes or paths (read as they are sent; an unreadable file is that item's
+        ImageReadError), or a mapping id -> image. Consumed lazily: a generator is fine."""
+        options = CallOptions(model, top_k, version, version_label)
+
+        def one(index: int, id: str, source: ImageSource) -> ItemResult:
+            try:
+                request = options.request(read_image(source))
+                response, rid = self._unary(self._rpc.classify, request, self._deadline(timeout), None)
+                return ItemResult(index, id, classification(response, rid))
+            except ClassifierError as exc:
+                return ItemResult(index, id, error=exc)
+
+        return in_threads(one, numbered(images), concurrency)
+
+    def classify_batch(self, images: Images, *, model: str = "", top_k: int = 0, version: int = 0,
+                       version_label: str = "", timeout: Optional[float] = None) -> List[ItemResult]:
+        """Up to the gateway's limit (64) of images in one ClassifyBatch call; results in input order.
+
+        Each image's failure is its own ItemResult; images that failed retryably (Overloaded,
+        Unavailable) are sent again in a smaller batch while the retry policy allows. Raises
+        ClassifierError for what fails the whole call (TooLarge for too many images, ...)."""
+        options = CallOptions(model, top_k, version, version_label)
+        deadline = self._deadline(timeout)
+        results: Dict[int, ItemResult] = {}
+        todo = readable(numbered(images), results)
+        attempt = 0
+        while todo:
+            attempt += 1
+            request = pb.ClassifyBatchRequest(requests=[options.request(image) for _, _, image in todo])
+            response, rid = self._unary(self._rpc.classify_batch, request, deadline, None)
+            todo, delay = batch_answers(todo, response, rid, results, self._retrier, attempt, deadline)
+            time.sleep(delay)
+        return ordered(results.values())
+
+    def stream(self, images: Images, *, model: str = "", top_k: int = 0, version: int = 0,
+               version_label: str = "", timeout: Optional[float] = None) -> Iterator[ItemResult]:
+        """ClassifyStream: yields each image's ItemResult in input order, as answers arrive.
+
+        Images are read and sent as the stream asks for them. A stream is not retried: what fails
+        the whole stream raises ClassifierError (classify_many retries each image instead)."""
+        options = CallOptions(model, top_k, version, version_label)
+        expected: collections.deque = collections.deque()  # (index, id, local error or None), in send order
+
+        def requests() -> Iterator[pb.ClassifyRequest]:
+            for index, id, source in numbered(images):
+                try:
+                    image = read_image(source)
+                except ClassifierError as exc:
+                    expected.append((index, id, exc))
+                    continue
+                expected.append((index, id, None))
+                yield options.request(image)
+
+        call = self._rpc.classify_stream(requests(), timeout=timeout, metadata=self._metadata(None),
+                                         wait_for_ready=self._wait_for_ready)
+        try:
+            rid = ""
+            for response in call:
+                yield from local_failures(expected)
+                index, id, _ = expected.popleft()
+                rid = rid or request_id_of(call.initial_metadata())
+                yield item_result(index, id, response, rid)
+            yield from local_failures(expected)
+        except grpc.RpcError as exc:
+            raise rpc_error(exc) from None
+        finally:
+            call.cancel()  # no-op once the stream has ended; stops it when the caller stopped reading
+
+    def list_models(self, *, timeout: Optional[float] = None) -> List[ModelInfo]:
+        response, _ = self._unary(self._rpc.list_models, pb.ListModelsRequest(), self._deadline(timeout), None)
+        return [model_info(m) for m in response.models]
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "ClassifierClient":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- one call, retried ----------------------------------------------------------------------------
+
+    def _unary(self, method: Any, request: Any, deadline: Deadline, request_id: Optional[str]) -> Tuple[Any, str]:
+        self._retrier.budget.record_call()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response, call = method.with_call(request, timeout=deadline.timeout(),
+                                                  metadata=self._metadata(request_id),
+                                                  wait_for_ready=self._wait_for_ready)
+                return response, request_id_of(call.initial_metadata())
+            except grpc.RpcError as exc:
+                error = rpc_error(exc)
+            time.sleep(self._retrier.next_delay(error, attempt, deadline))
