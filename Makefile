@@ -33,11 +33,11 @@ system-deps:
 	  else echo "note: missing Debian packages:$$need (sudo apt-get install$$need)"; fi; \
 	fi
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11" >&2; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[ml,dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[ml,dev]' -e clients/python
 	@touch $@
 
 up: install ## start model server + gateway on the default model; Ctrl-C stops both
@@ -49,7 +49,7 @@ demo: install ## start the stack, classify the bundled examples over gRPC and RE
 test: install check k8s-check ## the whole test suite (what .ci/run calls)
 	$(PY) -m pytest
 
-check: install ## fail when generated gRPC stubs are stale
+check: install ## fail when generated gRPC stubs are stale or the API fails buf lint / buf breaking
 	$(PY) -m tools.protos --check
 
 protos: install ## regenerate gRPC stubs from protos/

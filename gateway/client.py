@@ -1,4 +1,4 @@
-"""Command-line client of the gateway, over gRPC (default) or REST.
+"""Command-line client of the gateway, over gRPC (default) or REST: a thin user of imgclass-client.
 
     python -m gateway.client classify IMAGE... [--model M] [--top-k K] [--rest] [--json]
     python -m gateway.client models [--rest] [--json]
@@ -11,7 +11,9 @@ A gateway with API keys wants `--api-key` (or GATEWAY_API_KEY); one serving TLS 
 client certificates wants `--cert-file` and `--key-file` as well.
 
 Prints a table (or JSON with --json); exit status 0 when every image was classified, 1 when any
-failed, 2 for usage errors. Uses only the classifier.v1 stubs: no TensorFlow, no TF Serving protos.
+failed, 2 for usage errors. The calls, retries and errors are the client library's
+(clients/python, `imgclass_client`; see docs/clients.md); this module only parses the command
+line and prints. Unlike the library's default, it does not wait for a gateway that is down.
 """
 
 from __future__ import annotations
@@ -19,21 +21,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import ssl
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, Union
 
-import grpc
-import httpx
-
-import gateway.generated  # noqa: F401  (puts the generated tree on sys.path)
-from classifier.v1 import classifier_pb2 as pb
-from classifier.v1 import classifier_pb2_grpc as pb_grpc
+from imgclass_client import ClassifierClient, ClassifierError, RestClassifierClient
+from imgclass_client.errors import ImageReadError
 
 DEFAULT_GRPC_TARGET = "localhost:50051"
 DEFAULT_REST_TARGET = "http://localhost:8080"
+Client = Union[ClassifierClient, RestClassifierClient]
 
 
 @dataclass
@@ -48,121 +47,26 @@ class Outcome:
         return {"image": self.image, **(self.answer or {}), **({"error": self.error} if self.error else {})}
 
 
-def _response_to_json(response: pb.ClassifyResponse) -> dict:
-    return {
-        "model": response.model, "model_version": response.model_version, "label": response.label,
-        "confident": response.confident,
-        "predictions": [{"label": p.label, "score": p.score} for p in response.predictions],
-    }
+def _error_json(error: ClassifierError) -> dict:
+    code = "FILE" if isinstance(error, ImageReadError) else error.code
+    return {"code": code, "message": error.message, "request_id": error.request_id}
 
 
-@dataclass(frozen=True)
-class Security:
-    """How to reach a gateway that uses TLS and/or API keys (all optional)."""
-
-    api_key: str | None = None
-    tls: bool = False                 # TLS with the system's roots (implied by ca_file)
-    ca_file: Path | None = None
-    cert_file: Path | None = None     # client certificate, for mutual TLS
-    key_file: Path | None = None
-
-    @property
-    def uses_tls(self) -> bool:
-        return self.tls or self.ca_file is not None or self.cert_file is not None
-
-    def grpc_credentials(self) -> grpc.ChannelCredentials:
-        def read(path: Path | None) -> bytes | None:
-            return path.read_bytes() if path else None
-        return grpc.ssl_channel_credentials(read(self.ca_file), read(self.key_file), read(self.cert_file))
-
-    def ssl_context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
-        if self.cert_file:
-            context.load_cert_chain(self.cert_file, self.key_file)
-        return context
-
-    def headers(self) -> dict[str, str]:
-        return {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+def make_client(args: argparse.Namespace) -> Client:
+    """The library's client for the command line's target, transport and security flags."""
+    security = dict(tls=args.tls, ca=args.ca_file, cert=args.cert_file, key=args.key_file,
+                    api_key=args.api_key or os.environ.get("GATEWAY_API_KEY") or None,
+                    timeout=args.timeout, wait_for_ready=False)
+    if args.rest:
+        return RestClassifierClient(args.target or DEFAULT_REST_TARGET, **security)
+    return ClassifierClient(args.target or DEFAULT_GRPC_TARGET, **security)
 
 
-class GrpcClient:
-    def __init__(self, target: str, timeout: float, security: Security = Security()):
-        self._channel = (grpc.secure_channel(target, security.grpc_credentials()) if security.uses_tls
-                         else grpc.insecure_channel(target))
-        self._stub = pb_grpc.ClassifierStub(self._channel)
-        self._timeout = timeout
-        self._metadata = tuple(security.headers().items())
-
-    def classify(self, image: bytes, model: str, top_k: int) -> dict:
-        response = self._stub.Classify(pb.ClassifyRequest(model=model, image=image, top_k=top_k),
-                                       timeout=self._timeout, metadata=self._metadata)
-        return _response_to_json(response)
-
-    def models(self) -> list[dict]:
-        response = self._stub.ListModels(pb.ListModelsRequest(), timeout=self._timeout, metadata=self._metadata)
-        return [{"name": m.name, "version": m.version, "labels": list(m.labels), "state": m.state}
-                for m in response.models]
-
-    @staticmethod
-    def error(exc: grpc.RpcError) -> dict:
-        trailing = dict(exc.trailing_metadata() or ())
-        return {"code": exc.code().name, "message": exc.details() or "", "request_id": trailing.get("x-request-id", "")}
-
-    def close(self) -> None:
-        self._channel.close()
-
-
-class RestClient:
-    def __init__(self, target: str, timeout: float, security: Security = Security()):
-        base = target if "://" in target else f"{'https' if security.uses_tls else 'http'}://{target}"
-        verify: ssl.SSLContext | bool = security.ssl_context() if base.startswith("https://") else True
-        self._http = httpx.Client(base_url=base, timeout=timeout, headers=security.headers(), verify=verify)
-
-    def classify(self, image: bytes, model: str, top_k: int) -> dict:
-        path = f"/v1/models/{model}:classify" if model else "/v1/classify"
-        params = {"top_k": top_k} if top_k else {}
-        return self._json(self._http.post(path, params=params, files={"image": ("image", image)}))
-
-    def models(self) -> list[dict]:
-        return self._json(self._http.get("/v1/models"))["models"]
-
-    @staticmethod
-    def _json(response: httpx.Response) -> dict:
-        if response.is_success:
-            return response.json()
-        raise RestError(response)
-
-    def close(self) -> None:
-        self._http.close()
-
-
-class RestError(Exception):
-    def __init__(self, response: httpx.Response):
-        try:
-            body = response.json()["error"]
-        except (ValueError, KeyError, TypeError):
-            body = {"code": f"HTTP {response.status_code}", "message": response.text[:200],
-                    "request_id": response.headers.get("x-request-id", "")}
-        super().__init__(body.get("message", ""))
-        self.body = body
-
-
-def classify_files(client: GrpcClient | RestClient, paths: Sequence[str], model: str, top_k: int) -> list[Outcome]:
-    outcomes = []
-    for path in paths:
-        outcome = Outcome(path)
-        try:
-            outcome.answer = client.classify(Path(path).read_bytes(), model, top_k)
-        except OSError as exc:
-            outcome.error = {"code": "FILE", "message": exc.strerror or str(exc), "request_id": ""}
-        except grpc.RpcError as exc:
-            outcome.error = GrpcClient.error(exc)
-        except RestError as exc:
-            outcome.error = exc.body
-        except httpx.HTTPError as exc:
-            outcome.error = {"code": "UNAVAILABLE", "message": str(exc), "request_id": ""}
-        outcomes.append(outcome)
-    return outcomes
+def classify_files(client: Client, paths: Sequence[str], model: str, top_k: int) -> list[Outcome]:
+    results = client.classify_many(list(paths), concurrency=4, model=model, top_k=top_k)
+    return [Outcome(path, answer=r.classification.to_dict() if r.classification else None,
+                    error=_error_json(r.error) if r.error else None)
+            for path, r in zip(paths, results)]
 
 
 def _shown(path: str) -> str:
@@ -215,11 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.cert_file is None) != (args.key_file is None):
         parser.error("--cert-file and --key-file go together")
-    security = Security(args.api_key or os.environ.get("GATEWAY_API_KEY") or None, args.tls, args.ca_file,
-                        args.cert_file, args.key_file)
-    target = args.target or (DEFAULT_REST_TARGET if args.rest else DEFAULT_GRPC_TARGET)
+    if args.command == "classify" and args.top_k < 0:
+        parser.error(f"--top-k must be 0 (the gateway's default) or more, not {args.top_k}")
     try:
-        client = RestClient(target, args.timeout, security) if args.rest else GrpcClient(target, args.timeout, security)
+        client = make_client(args)
     except (OSError, ssl.SSLError) as exc:
         print(f"error: cannot use the TLS files: {exc}", file=sys.stderr)
         return 2
@@ -233,20 +136,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if any(o.error for o in outcomes) else 0
 
 
-def _print_models(client: GrpcClient | RestClient, as_json: bool) -> int:
+def _print_models(client: Client, as_json: bool) -> int:
     try:
-        models = client.models()
-    except grpc.RpcError as exc:
-        print(f"error: {GrpcClient.error(exc)['code']}: {exc.details()}", file=sys.stderr)
-        return 1
-    except (RestError, httpx.HTTPError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        models = client.list_models()
+    except ClassifierError as exc:
+        print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
         return 1
     if as_json:
-        print(json.dumps({"models": models}, indent=2))
+        print(json.dumps({"models": [{"name": m.name, "version": m.version, "labels": list(m.labels),
+                                      "state": m.state} for m in models]}, indent=2))
     else:
         for m in models:
-            print(f"{m['name']}  v{m['version']}  {m['state']}  {len(m['labels'])} labels: {', '.join(m['labels'])}")
+            print(f"{m.name}  v{m.version}  {m.state}  {len(m.labels)} labels: {', '.join(m.labels)}")
     return 0
 
 
