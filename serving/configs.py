@@ -35,7 +35,9 @@ def read_text_proto(path: str, proto: message.Message) -> message.Message:
     try:
         text_format.Parse(text, proto)
     except text_format.ParseError as exc:
-        raise ConfigError(f"Invalid protobuf file: '{path}': {exc}") from exc
+        # TF Serving: protobuf's parser logs the first line, TF Serving's status says the second.
+        raise ConfigError(f"Error parsing text-format {proto.DESCRIPTOR.full_name}: {exc}. "
+                          f"Invalid protobuf file: '{path}'") from exc
     return proto
 
 
@@ -50,8 +52,8 @@ def model_server_config(options: ServerOptions) -> model_server_config_pb2.Model
         single.base_path = options.model_base_path
         single.model_platform = _TENSORFLOW_PLATFORM
     else:
-        raise ConfigError("Both --model_base_path and --model_config_file are empty: "
-                          "give one (--model_base_path=models/fashion --model_name=fashion)")
+        raise ConfigError("Both server_options.model_base_path and server_options.model_config_file are empty! "
+                          "Give one: --model_base_path=models/fashion --model_name=fashion")
     validate_model_server_config(config)
     return config
 
@@ -109,6 +111,9 @@ class BatchingSettings:
 def batching_settings(options: ServerOptions) -> BatchingSettings | None:
     """None when batching is off; the file's values over TF Serving's defaults otherwise."""
     if not options.enable_batching:
+        if options.batching_parameters_file:
+            raise ConfigError("server_options.batching_parameters_file is set without setting "
+                              "server_options.enable_batching to true.")
         return None
     if not options.batching_parameters_file:
         return BatchingSettings()

@@ -5,12 +5,8 @@ defaults. Flags of the real binary that this server does not implement are accep
 so a command line written for TF Serving runs unchanged; a flag neither server knows is reported
 as `unknown argument`, as the real binary reports it, and ignored.
 
-Deviations from the real binary, each for a laptop/CI server:
-* `--port=0` and `--rest_api_port=0` pick a free port (logged) instead of disabling the API;
-  `--rest_api_port=-1` disables REST. The REST default is 8501, the port every TF Serving
-  deployment uses, instead of "off".
-* `--bind_address` (default 127.0.0.1): the real binary always listens on all interfaces.
-* `--shutdown_grace_period_seconds`: SIGTERM drains in-flight requests for this long.
+Where `python -m serving` differs from the real binary on purpose is `DEVIATIONS` (printed by
+`--help` and listed in README.md).
 """
 
 from __future__ import annotations
@@ -32,7 +28,9 @@ class ServerOptions:
     """Every implemented flag; field name = flag name, field default = flag default."""
 
     port: int = _flag(8500, "TCP port for the gRPC API; 0 picks a free port (logged)")
-    rest_api_port: int = _flag(8501, "TCP port for the HTTP/REST API; 0 picks a free port, -1 disables REST")
+    grpc_socket_path: str = _flag("", "also serve the gRPC API on this UNIX socket (relative or absolute path)")
+    rest_api_port: int = _flag(-1, "TCP port for the HTTP/REST API; -1 (the default): no REST API; "
+                                   "0 picks a free port (logged)")
     rest_api_timeout_in_ms: int = _flag(30000, "timeout for HTTP/REST predict calls; <= 0 means none")
     rest_api_enable_cors_support: bool = _flag(False, "add CORS headers to REST responses")
     model_name: str = _flag("default", "name of the model (ignored if --model_config_file is set)")
@@ -55,6 +53,8 @@ class ServerOptions:
     ssl_config_file: str = _flag("", "text SSLConfig: TLS (and optionally client certificates) for gRPC")
     grpc_channel_arguments: str = _flag("", "comma-separated gRPC server arguments, e.g. grpc.max_connection_age_ms=2000")
     enable_serialization_as_tensor_content: bool = _flag(False, "answer Predict with tensor_content instead of typed fields")
+    enable_signature_method_name_check: bool = _flag(
+        False, "require the SignatureDef method_name of each API (Predict, Classify, Regress)")
     tensorflow_session_parallelism: int = _flag(0, "TensorFlow threads (intra and inter op); 0 = auto")
     tensorflow_intra_op_parallelism: int = _flag(0, "TensorFlow intra-op threads; 0 = auto")
     tensorflow_inter_op_parallelism: int = _flag(0, "TensorFlow inter-op threads; 0 = auto")
@@ -71,14 +71,26 @@ class ServerOptions:
 
 # Flags of tensorflow_model_server that change nothing here (accepted with a warning).
 ACCEPTED_WITHOUT_EFFECT = frozenset({
-    "grpc_socket_path", "rest_api_num_threads", "enable_per_model_batching_parameters",
+    "rest_api_num_threads", "enable_per_model_batching_parameters",
     "num_load_threads", "num_unload_threads", "flush_filesystem_caches",
     "tensorflow_session_config_file", "use_alts_credentials", "platform_config_file",
     "per_process_gpu_memory_fraction", "grpc_max_threads", "remove_unused_fields_from_bundle_metagraph",
     "prefer_tflite_model", "num_tflite_pools", "num_tflite_interpreters_per_pool",
-    "enable_signature_method_name_check", "xla_cpu_compilation_enabled", "xla_gpu_compilation_enabled",
+    "xla_cpu_compilation_enabled", "xla_gpu_compilation_enabled",
     "enable_profiler", "thread_pool_factory_config_file", "mixed_precision", "skip_initialize_tpu",
 })
+
+# Where python -m serving differs from tensorflow_model_server on purpose, one line each.
+DEVIATIONS = (
+    "binds 127.0.0.1 unless --bind_address says otherwise (the real binary listens on all interfaces)",
+    "--port=0 and --rest_api_port=0 pick a free port and log it (the real binary disables that API)",
+    "SIGTERM drains in-flight requests for --shutdown_grace_period_seconds, then exits 0",
+    "float outputs in REST answers are the shortest text that reads back as the same float32",
+    "JSON numbers beyond the double range read as infinity, lone UTF-16 surrogate escapes are kept "
+    "(the real binary's parser refuses both)",
+    "an OPTIONS request without an http(s) Origin answers 400 with a JSON error body (the real one is empty)",
+    "two extra metrics: serving_requests_in_flight, serving_batch_queue_tasks",
+)
 
 _FIELDS = {f.name: f for f in dataclasses.fields(ServerOptions)}
 
@@ -145,4 +157,5 @@ def usage() -> str:
         lines.append(f"      {f.metadata['help']}")
     lines += ["", "Accepted for compatibility, without effect: "
               + ", ".join(f"--{n}" for n in sorted(ACCEPTED_WITHOUT_EFFECT))]
+    lines += ["", "Differences from tensorflow_model_server, on purpose:"] + [f"  * {d}" for d in DEVIATIONS]
     return "\n".join(lines)

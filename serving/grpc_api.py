@@ -2,8 +2,7 @@
 
 Thin: each method turns the official request message into `ServingCore` calls and the result into
 the official response, and a `ServingError` into the same status code and message TF Serving
-returns. Classify, Regress and MultiInference answer UNIMPLEMENTED: this server hosts Predict
-signatures only.
+returns.
 """
 
 from __future__ import annotations
@@ -14,28 +13,22 @@ from typing import Awaitable, Callable
 
 import grpc
 from tensorflow_serving.apis import (
+    classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
+    inference_pb2,
     model_management_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
+    regression_pb2,
 )
 
 from serving import tensors
-from serving.core import SIGNATURE_DEF_FIELD, ServingCore
-from serving.errors import ServingError, failed_precondition, internal, invalid_argument, unimplemented
+from serving.core import SIGNATURE_DEF_FIELD, ServingCore, echo_spec, requested_version
+from serving.errors import ServingError, failed_precondition, internal
 
 log = logging.getLogger(__name__)
-
-
-def _spec(request) -> tuple[str, int | None, str | None]:
-    """(name, version, label) of a request's model_spec; INVALID_ARGUMENT without one."""
-    if not request.HasField("model_spec"):
-        raise invalid_argument("Missing ModelSpec")
-    spec = request.model_spec
-    version = spec.version.value if spec.HasField("version") else None
-    return spec.name, version, spec.version_label or None
 
 
 def _handler(api: str | None) -> Callable:
@@ -47,8 +40,7 @@ def _handler(api: str | None) -> Callable:
             try:
                 if api is None:
                     return await method(self, request, context)
-                model_spec = getattr(request, "model_spec", None)
-                with self._core.metrics.track_request(model_spec.name if model_spec else "", api, "GRPC"):
+                with self._core.metrics.track_request(_model_name(request), api, "GRPC"):
                     return await method(self, request, context)
             except ServingError as exc:
                 await context.abort(exc.code, exc.message)
@@ -61,6 +53,12 @@ def _handler(api: str | None) -> Callable:
     return decorate
 
 
+def _model_name(request) -> str:
+    if isinstance(request, inference_pb2.MultiInferenceRequest):
+        return request.tasks[0].model_spec.name if request.tasks else ""
+    return request.model_spec.name
+
+
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, core: ServingCore, *, tensor_content: bool):
         self._core = core
@@ -68,7 +66,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     @_handler("Predict")
     async def Predict(self, request: predict_pb2.PredictRequest, context) -> predict_pb2.PredictResponse:
-        name, version, label = _spec(request)
+        name, version, label = requested_version(request)
         with self._core.servable(name, version, label) as serving:
             signature_name, signature = self._core.signature(serving, request.model_spec.signature_name)
             if signature is None:
@@ -77,9 +75,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             outputs = await self._core.run(serving, signature, inputs, request.output_filter)
             served_version = serving.version
         response = predict_pb2.PredictResponse()
-        response.model_spec.name = name
-        response.model_spec.signature_name = signature_name
-        response.model_spec.version.value = served_version
+        echo_spec(response.model_spec, name, signature_name, served_version)
         for alias, array in outputs.items():
             tensors.to_proto(array, signature.outputs[alias].dtype, as_content=self._tensor_content,
                              out=response.outputs[alias])
@@ -88,7 +84,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     @_handler("GetModelMetadata")
     async def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,
                                context) -> get_model_metadata_pb2.GetModelMetadataResponse:
-        name, version, label = _spec(request)
+        name, version, label = requested_version(request)
         served_version, signature_defs = self._core.metadata(name, version, label, list(request.metadata_field))
         response = get_model_metadata_pb2.GetModelMetadataResponse()
         response.model_spec.name = name
@@ -97,21 +93,18 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         return response
 
     @_handler("Classify")
-    async def Classify(self, request, context):
-        raise _not_predict("Classify")
+    async def Classify(self, request: classification_pb2.ClassificationRequest,
+                       context) -> classification_pb2.ClassificationResponse:
+        return await self._core.classify(request)
 
     @_handler("Regress")
-    async def Regress(self, request, context):
-        raise _not_predict("Regress")
+    async def Regress(self, request: regression_pb2.RegressionRequest, context) -> regression_pb2.RegressionResponse:
+        return await self._core.regress(request)
 
     @_handler("MultiInference")
-    async def MultiInference(self, request, context):
-        raise _not_predict("MultiInference")
-
-
-def _not_predict(api: str) -> ServingError:
-    return unimplemented(f"{api} is not implemented by python -m serving, which serves Predict signatures; "
-                         f"call Predict with the model's signature instead")
+    async def MultiInference(self, request: inference_pb2.MultiInferenceRequest,
+                             context) -> inference_pb2.MultiInferenceResponse:
+        return await self._core.multi_inference(request)
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
@@ -121,8 +114,8 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     @_handler(None)
     async def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest,
                              context) -> get_model_status_pb2.GetModelStatusResponse:
-        name, version, label = _spec(request)
-        return self._core.status(name, version, label)
+        name, version, _ = requested_version(request)
+        return self._core.status(name, version)
 
     @_handler(None)
     async def HandleReloadConfigRequest(self, request: model_management_pb2.ReloadConfigRequest,

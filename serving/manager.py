@@ -179,19 +179,23 @@ class ModelManager:
             entry = self._models.get(name)
             current = entry.labels if entry and entry.active else {}
             for label, version in model_config.version_labels.items():
-                if allow_new and label not in current:
-                    continue
+                if allow_new and current.get(label, version) == version:
+                    continue  # TF Serving: a new label, or one that keeps its version
                 serving = entry.versions.get(version) if entry and entry.active else None
                 if serving is None or serving.state != State.AVAILABLE:
+                    log.warning("Version %d of model %s is not AVAILABLE; --allow_version_labels_for_unavailable_"
+                                "models=true lets a new label point at a version that is still loading",
+                                version, name)
                     raise failed_precondition(
                         f"Request to assign label to version {version} of model {name}, which is not currently "
-                        f"available for inference (start with --allow_version_labels_for_unavailable_models=true "
-                        f"to label versions that are still loading)")
+                        f"available for inference")
 
     # --- routing ------------------------------------------------------------------------------
 
     def resolve(self, name: str, version: int | None = None, label: str | None = None) -> ServableVersion:
         """The AVAILABLE version a request addresses, with TF Serving's errors."""
+        if not name:
+            raise invalid_argument("ModelSpec has no name specified.")
         entry = self._models.get(name)
         entry = entry if entry and entry.active else None
         if label:

@@ -1,8 +1,9 @@
 """Assembling and running the server: one asyncio loop for gRPC (grpc.aio) and REST (uvicorn).
 
 Start-up follows tensorflow_model_server: read the configs, load every model's initial versions,
-then open the ports and log them (`Running gRPC ModelServer at ...`, `Exporting HTTP/REST API
-at:...`), so an answering port means the models are loaded. SIGTERM/SIGINT drain: health goes
+then open the ports and log them (`Running gRPC ModelServer at ...`, `... at UNIX socket ...` with
+--grpc_socket_path, `Exporting HTTP/REST API at:...` when --rest_api_port is given), so an
+answering port means the models are loaded. SIGTERM/SIGINT drain: health goes
 NOT_SERVING, the listeners close, in-flight requests get `--shutdown_grace_period_seconds` to
 finish, models are unloaded, exit code 0.
 """
@@ -80,9 +81,6 @@ class ModelServer:
             self.channel_arguments = configs.grpc_channel_arguments(options)
         except configs.ConfigError as exc:
             raise StartupError(str(exc)) from exc
-        if options.rest_enabled and options.port and options.port == options.rest_api_port:
-            raise StartupError("--rest_api_port cannot be same as --port. "
-                               "Please use a different port for HTTP/REST API.")
         self.metrics = ServerMetrics()
         self._inference_pool = ThreadPoolExecutor(_inference_threads(), thread_name_prefix="inference")
         self._loader_pool = ThreadPoolExecutor(1, thread_name_prefix="loader")
@@ -103,7 +101,8 @@ class ModelServer:
         _configure_tensorflow(self.options)
         manager = self._manager(loop)
         batcher = Batcher(self.batching, self._inference_pool, self.metrics) if self.batching else None
-        core = ServingCore(manager, self._inference_pool, self.metrics, batcher)
+        core = ServingCore(manager, self._inference_pool, self.metrics, batcher,
+                           method_name_check=self.options.enable_signature_method_name_check)
         try:
             if not await self._until_stopped(self._load_initial(manager)):
                 return 0
@@ -168,6 +167,19 @@ class ModelServer:
             self._health = health.aio.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         address = f"{self.options.bind_address}:{self.options.port}"
+        port = self._listen(server, address)
+        socket_path = self.options.grpc_socket_path
+        if socket_path:
+            self._listen(server, f"unix:{socket_path}")
+        await server.start()
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info("Running gRPC ModelServer at %s:%d ...", self.options.bind_address, port)
+        if socket_path:
+            log.info("Running gRPC ModelServer at UNIX socket %s ...", socket_path)
+        return server
+
+    def _listen(self, server: grpc.aio.Server, address: str) -> int:
+        """Add a listening address (TLS when --ssl_config_file is given); returns the port bound."""
         try:
             if self.tls:
                 credentials = grpc.ssl_server_credentials(
@@ -178,14 +190,17 @@ class ModelServer:
                 port = server.add_insecure_port(address)
         except RuntimeError as exc:
             raise StartupError(f"cannot listen for gRPC on {address}: {exc}") from exc
-        await server.start()
-        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        log.info("Running gRPC ModelServer at %s:%d ...", self.options.bind_address, port)
-        return server
+        if not port and not address.startswith("unix:"):
+            raise StartupError(f"cannot listen for gRPC on {address}")
+        return port
 
     async def _start_rest(self, core: ServingCore) -> tuple[uvicorn.Server | None, asyncio.Task | None]:
         if not self.options.rest_enabled:
-            log.info("HTTP/REST API disabled (--rest_api_port=%d)", self.options.rest_api_port)
+            log.info("No HTTP/REST API: --rest_api_port is not set")
+            return None, None
+        if self.options.rest_api_port and self.options.rest_api_port == self.options.port:
+            log.error("server_options.http_port cannot be same as grpc_port. Please use a different port for "
+                      "HTTP/REST API. Skipped exporting HTTP/REST API.")
             return None, None
         address = (self.options.bind_address, self.options.rest_api_port)
         try:
@@ -237,7 +252,9 @@ class ModelServer:
     async def _set_health(self, status) -> None:
         if self._health is None:
             return
-        for service in ["", *self._service_names]:
+        # TF Serving registers the short names; the full names are what grpc health clients usually ask.
+        short_names = [name.rsplit(".", 1)[-1] for name in self._service_names]
+        for service in ["", *self._service_names, *short_names]:
             await self._health.set(service, status)
 
     async def _drain(self, grpc_server: grpc.aio.Server, rest_server: uvicorn.Server | None,

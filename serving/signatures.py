@@ -53,6 +53,7 @@ class Signature:
 
     def __init__(self, name: str, signature_def: meta_graph_pb2.SignatureDef, function: Callable):
         self.name = name
+        self.method_name = signature_def.method_name
         self.inputs = {alias: TensorSpec.from_tensor_info(info) for alias, info in signature_def.inputs.items()}
         self.outputs = {alias: TensorSpec.from_tensor_info(info) for alias, info in signature_def.outputs.items()}
         self._function = function
