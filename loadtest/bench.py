@@ -18,7 +18,8 @@ on Predict calls in flight lifted), then measures, with the same small example i
 
 Writes `reports/bench/<timestamp>/`: report.md (goals, tables, CPU per image, machine),
 samples.csv, goals.csv, bench.png (throughput and p50/p99 latency against concurrency) and the
-servers' logs. Numbers go in the report only: nothing here asserts on them.
+servers' logs. Numbers go in the report only: nothing here asserts on them. With `--baseline`, the
+run is compared with an earlier one (loadtest/bench_baseline.py) and exits 1 on a regression.
 
 This process speaks TF Serving's API through the gateway's wire subset, so it must never import
 TensorFlow (see tests/conftest.py); the in-process measurement runs as a child process.
@@ -50,7 +51,7 @@ from gateway.decode import DecodeLimits, InputSpec, decode_image
 from gateway.errors import GatewayError
 from gateway.wire import apis, apis_grpc
 from gateway.wire import tensor as tensor_pb2
-from loadtest import bench_report, machine
+from loadtest import bench_baseline, bench_report, compare, machine
 from loadtest.bench_report import (BATCH, CPU_GATEWAY, CPU_MODEL_SERVER, SERIES_BATCH, SERIES_DIRECT_BYTES,
                                    SERIES_DIRECT_PIXELS, SERIES_GATEWAY_OFF, SERIES_GATEWAY_OFF_WIDE,
                                    SERIES_GATEWAY_ON, SERIES_TRIVIAL,
@@ -109,7 +110,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--report-dir", type=Path, default=None, metavar="DIR",
                         help="where to write the report (default: reports/bench/<timestamp>)")
     parser.add_argument("--verbose", action="store_true", help="echo the servers' logs")
+    compare.add_arguments(parser, what="a bench report folder or its samples.csv", ms_default=2.0)
     args = parser.parse_args(argv)
+    try:  # before the servers start: a bad baseline must not cost a whole run
+        compare.tolerance_of(args)
+        if args.baseline:
+            bench_baseline.check(args.baseline)
+    except (ValueError, bench_baseline.BaselineError) as exc:
+        parser.error(str(exc))
     try:
         args.levels = sorted({int(v) for v in args.concurrency.split(",") if v.strip()})
     except ValueError:
@@ -390,8 +398,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     bench_report.write(result, report_dir)
     print((report_dir / "report.md").read_text(encoding="utf-8").split("\n## Sweep")[0])
+    code = bench_baseline.report(report_dir, args) if args.baseline else 0
     print(f"report: {report_dir}/report.md", file=sys.stderr)
-    return 0
+    return code
 
 
 if __name__ == "__main__":
