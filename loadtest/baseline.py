@@ -109,6 +109,12 @@ def _row(key: tuple[str, str], now: Mapping | None, base: Mapping | None, tol: c
     return cmp.Row(_label(some), cells, note)
 
 
+def _plus(value: float) -> str:
+    """+1.5 / -1.5, and +0.0 rather than -0.0."""
+    text = f"{value:+,.1f}"
+    return "+0.0" if text == "-0.0" else text
+
+
 def _fmt(value: float | None, spec: str = "{:,.1f}") -> str:
     return "–" if value is None else spec.format(value)
 
@@ -120,12 +126,26 @@ def _gateway_route(row: Mapping) -> str:
     return f"http {row.get('type', '')} {row.get('name', '').split(' (')[0]}"
 
 
+def _gateway_mean(gateway: Mapping, row: Mapping) -> float | None:
+    """The gateway's own mean time for a row's requests: its route's, or over every classify
+    route for a transport's row or the aggregate."""
+    routes = gateway.get("routes") or {}
+    name = row.get("name", "")
+    if name != AGGREGATED and not name.startswith("all "):
+        route = routes.get(_gateway_route(row))
+        return None if route is None else route["mean_ms"]
+    prefix = {"all grpc": "grpc ", "all rest": "http "}.get(name, "")
+    chosen = [r for key, r in routes.items() if key.startswith(prefix)]
+    count = sum(r["count"] for r in chosen)
+    return sum(r["count"] * r["mean_ms"] for r in chosen) / count if count else None
+
+
 def attribute(row_label: str, cell: cmp.Cell, now: Mapping, base: Mapping,
               now_row: Mapping | None, base_row: Mapping | None) -> tuple[str, str | None]:
     """The attribution line for one changed latency, and the stage it names (None if none)."""
     head = f"{row_label} {cell.metric} {cell.delta or 0:+,.0f} ms"
     if now_row and base_row and now_row.get("mean_ms") is not None and base_row.get("mean_ms") is not None:
-        head += f" (mean {float(now_row['mean_ms']) - float(base_row['mean_ms']):+,.1f} ms)"
+        head += f" (mean {_plus(float(now_row['mean_ms']) - float(base_row['mean_ms']))} ms)"
     g_now, g_base = now.get("gateway") or {}, base.get("gateway") or {}
     missing = [f"{which}: {g.get('error', 'not recorded')}" for which, g in (("baseline", g_base), ("this run", g_now))
                if not g.get("stages_ms")]
@@ -136,13 +156,13 @@ def attribute(row_label: str, cell: cmp.Cell, now: Mapping, base: Mapping,
     ranked = sorted(deltas.items(), key=lambda kv: -abs(kv[1]))
     lead, shift = ranked[0]
     named = lead if abs(shift) >= MIN_STAGE_SHIFT_MS else None
-    others = ", ".join(f"{s} {d:+,.1f}" for s, d in ranked[1:])
-    every = ", ".join(f"{s} {d:+,.1f}" for s, d in ranked)
+    others = ", ".join(f"{s} {_plus(d)}" for s, d in ranked[1:])
+    every = ", ".join(f"{s} {_plus(d)}" for s, d in ranked)
     if cell.state not in (cmp.REGRESSED, cmp.IMPROVED):
         parts = [f"{head}, within the tolerance; per image: {every} ms"]
         named = None
     elif named:
-        parts = [f"{head}: {lead} {shift:+,.1f} ms per image (other stages: {others} ms)"]
+        parts = [f"{head}: {lead} {_plus(shift)} ms per image (other stages: {others} ms)"]
     else:
         parts = [f"{head}: no gateway stage moved by {MIN_STAGE_SHIFT_MS} ms per image or more ({every} ms), "
                  "so the change is outside them (transport, network, load generator)"]
@@ -161,13 +181,12 @@ def attribute(row_label: str, cell: cmp.Cell, now: Mapping, base: Mapping,
                  f"{_fmt(b_back.get('retries'), '{:,.0f}')} → {_fmt(n_back.get('retries'), '{:,.0f}')}")
     parts.append(f"gateway CPU {_fmt(g_base.get('cpu_ms_per_request'), '{:,.2f}')} → "
                  f"{_fmt(g_now.get('cpu_ms_per_request'), '{:,.2f}')} ms per request")
-    if now_row and base_row and now_row.get("name") != AGGREGATED:
-        route = _gateway_route(now_row)
-        r_now, r_base = (g_now.get("routes") or {}).get(route), (g_base.get("routes") or {}).get(route)
-        if r_now and r_base and now_row.get("mean_ms") is not None and base_row.get("mean_ms") is not None:
-            inside = r_now["mean_ms"] - r_base["mean_ms"]
+    if now_row and base_row and now_row.get("mean_ms") is not None and base_row.get("mean_ms") is not None:
+        inside_now, inside_base = _gateway_mean(g_now, now_row), _gateway_mean(g_base, base_row)
+        if inside_now is not None and inside_base is not None:
             client = float(now_row["mean_ms"]) - float(base_row["mean_ms"])
-            parts.append(f"time inside the gateway {inside:+,.1f} ms of the client's {client:+,.1f} ms (means)")
+            parts.append(f"time inside the gateway {_plus(inside_now - inside_base)} ms of the client's "
+                         f"{_plus(client)} ms (means)")
     return "; ".join(parts), named
 
 

@@ -104,7 +104,8 @@ class Cell:
         return f"{value:,.0f}"  # counts
 
     def _signed(self, value: float) -> str:
-        return ("+" if value >= 0 else "-") + self._fmt(abs(value))
+        shown = self._fmt(abs(value))
+        return ("-" if value < 0 and shown.strip("0.,") else "+") + shown
 
     def text(self) -> str:
         """`12 -> 250 (+238)`, bold when it regressed."""

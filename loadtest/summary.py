@@ -273,7 +273,7 @@ def render(*, title: str, verdict: Mapping | None, exit_code: int | None, target
         "## Verdict", "", *verdict_lines(verdict, exit_code), "",
     ]
     if baseline:
-        parts += ["## Against the baseline", "", *baseline]
+        parts += ["## Against the baseline", "", *baseline, ""]
     parts += [
         "## Over time", "", *(plot_lines("timeline.png", "throughput, latency, failures and gateway stages "
                                          "over the run", plots) or ["(no plot)", ""]),

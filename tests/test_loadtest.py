@@ -1,24 +1,29 @@
-"""The load test's own machinery: answer checks, load shapes, the SLO verdict, and a real run.
+"""The load test's own machinery: answer checks, load shapes, the SLO verdict, and real runs.
 
 The smoke tests run `python -m loadtest.run` (Locust in a child process, as `make loadtest` does)
-for a few seconds against the session's real stack: once with limits any working stack meets
-(and zero failed requests, so every answer must pass the checks), once with an impossible p95
-limit that must fail the run and name the limit. Locust itself is never imported here: it
-monkey-patches the standard library with gevent on import.
+for a few seconds against the session's real stack: once with limits any working stack meets,
+per route and per transport too (and zero failed requests, so every answer must pass the checks);
+once with impossible limits that must fail the run and name each one; and once against a gateway
+slowed on purpose (GATEWAY_MAX_WAIT_MS=200 under concurrent load, so batches wait), compared with
+the first run as its baseline: it must fail and name queue_wait. The first run compared with
+itself must pass. Locust itself is never imported here: it monkey-patches the standard library
+with gevent on import. Comparisons between runs are the baseline tests' (tests/test_loadtest_baseline.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from loadtest import options, shapes, slo, summary
+from loadtest import options, plots, run, shapes, slo, summary
 from loadtest.checks import Answer, Catalogue, InvalidAnswer, check_answer, check_count
+from tools import stack
 
 ROOT = Path(__file__).resolve().parent.parent
 LABELS = ["shirt", "shoe", "bag"]
@@ -127,12 +132,59 @@ def test_a_run_without_requests_or_with_load_test_bugs_fails():
     assert "raised 2 exception" in slo.evaluate(slo.SloLimits(), measured(exceptions=2)).misses[0]
 
 
+@pytest.mark.parametrize("text, selector, limits", [
+    ("grpc Classify:p95<=150ms", ("grpc", "Classify"), [("p95", 150.0)]),
+    ("rest: p99 <= 2s, errors<=1%", ("rest", None), [("p99", 2000.0), ("errors", 1.0)]),
+    ("http /v1/classify:p99.9<=300", ("rest", "/v1/classify"), [("p99.9", 300.0)]),
+    ("ClassifyStream:rps>=5/s", (None, "ClassifyStream"), [("rps", 5.0)]),
+    (":p50<=20ms", (None, None), [("p50", 20.0)]),
+])
+def test_slo_rules_parse(text, selector, limits):
+    rule = slo.parse_rule(text)
+    assert (rule.selector.transport, rule.selector.route) == selector
+    assert [(lim.metric, lim.value) for lim in rule.limits] == limits
+
+
+@pytest.mark.parametrize("text, message", [
+    ("grpc Classify", "expected"), ("grpc:p95>=100ms", "takes <="), ("rest:rps<=5", "takes >="),
+    ("rest:p95<=5%", "unit"), ("rest:p0<=5", "percentile"), ("rest:latency<=5", "not a limit"),
+])
+def test_slo_rules_refuse_what_they_cannot_judge(text, message):
+    with pytest.raises(slo.SloSpecError, match=message):
+        slo.parse_rule(text)
+
+
+def test_slo_file_maps_selectors_to_limits(tmp_path):
+    path = tmp_path / "slos.yaml"
+    path.write_text("grpc Classify: p95<=150ms, p99<=400ms\nrest: [p95<=200ms, errors<=1%]\n")
+    assert [r.describe() for r in slo.load_rules(path)] == [
+        "grpc Classify: p95 <= 150 ms, p99 <= 400 ms", "rest: p95 <= 200 ms, errors <= 1 %"]
+    path.write_text("rest: {p95: 200}\n")
+    with pytest.raises(slo.SloSpecError, match="limit string"):
+        slo.load_rules(path)
+
+
+def test_route_rules_join_the_verdict_and_a_rule_matching_nothing_misses():
+    selector = slo.Selector.parse("rest /v1/classify")
+    assert selector.matches("rest", "/v1/classify (multipart)") and not selector.matches("grpc", "Classify")
+    slow = slo.judge(slo.parse_rule("grpc Classify:p95<=150ms,errors<=1%"),
+                     slo.Figures(requests=100, failures=0, rps=10.0, percentiles_ms={"p95": 230.0}))
+    typo = slo.judge(slo.parse_rule("grpc Clasify:p95<=150ms"), None, ["grpc Classify"])
+    verdict = slo.evaluate(slo.SloLimits(p95_ms=500), measured(), [slow, typo])
+    assert not verdict.passed and verdict.misses == []  # the aggregate held
+    assert verdict.to_json()["misses"] == ["grpc Classify: p95 latency 230 ms > limit 150 ms",
+                                           "grpc Clasify: no request of this run matched (requests seen: "
+                                           "grpc Classify)"]
+    assert "missed: grpc Classify: p95 latency 230 ms" in verdict.render()
+
+
 # -- options and summary ------------------------------------------------------------------------
 
 def test_options_round_trip_between_parsers():
     first = argparse.ArgumentParser()
     options.add_options(first)
-    values = vars(first.parse_args(["--shape", "spike", "--slo-p95-ms", "250", "--model", "fashion"]))
+    values = vars(first.parse_args(["--shape", "spike", "--slo-p95-ms", "250", "--model", "fashion",
+                                    "--slo", "grpc:p95<=1s", "--slo", "rest:errors<=1%"]))
     second = argparse.ArgumentParser()
     options.add_options(second)
     assert vars(second.parse_args(options.to_argv(values))) == values
@@ -150,6 +202,11 @@ def test_stages_find_the_knee():
     found = summary.stages(rows)
     assert [s.users for s in found] == [2, 4, 6, 8, 10]
     assert summary.knee(found).users == 6  # 6 -> 8 users adds < 10 %
+
+
+def test_a_plot_that_cannot_be_drawn_is_reported_not_raised(tmp_path):
+    assert "fewer than two seconds" in plots.render(tmp_path, [], [], [], None)[plots.TIMELINE]
+    assert not list(tmp_path.iterdir())
 
 
 def test_images_per_second_counts_the_images_batch_calls_carry():
@@ -183,34 +240,104 @@ def test_bench_goals_judge_batching_against_the_better_off_variant():
     assert "not measured" in br.render(result, found)
 
 
-# -- a real run ----------------------------------------------------------------------------------
+# -- real runs ----------------------------------------------------------------------------------
+
+SMOKE_SECONDS = "4"
+
 
 def run_loadtest(gateway, report_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    """4 seconds, 4 users (3 gRPC, 1 REST): enough concurrency for batches to form."""
     cmd = [sys.executable, "-m", "loadtest.run", "--host", gateway.http_url, "--grpc-target", gateway.grpc_target,
-           "--duration", "4", "--users", "2", "--spawn-rate", "2", "--report-dir", str(report_dir), *extra]
+           "--duration", SMOKE_SECONDS, "--users", "4", "--spawn-rate", "4", "--report-dir", str(report_dir),
+           "--scrape-interval", "0.5", *extra]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
+@pytest.fixture(scope="module")
+def lenient_run(gateway, tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """A run that must pass: lenient limits, per route and transport too; no failed request allowed."""
+    report = tmp_path_factory.mktemp("lenient")
+    slo_file = report.parent / "slos.yaml"
+    slo_file.write_text("rest /v1/classify: p95<=60s, errors<=0%\n")
+    done = run_loadtest(gateway, report, "--slo-p95-ms", "60000", "--slo-p99-ms", "60000",
+                        "--slo-error-percent", "0", "--slo-min-rps", "0.5",
+                        "--slo", "grpc Classify:p99<=60s,errors<=0%", "--slo", "grpc:rps>=0.1",
+                        "--slo-file", str(slo_file))
+    return done, report
+
+
 @pytest.mark.slow
-def test_short_run_passes_a_lenient_slo_with_every_answer_valid(gateway, tmp_path):
-    done = run_loadtest(gateway, tmp_path, "--slo-p95-ms", "60000", "--slo-p99-ms", "60000",
-                        "--slo-error-percent", "0", "--slo-min-rps", "0.5")
+def test_short_run_passes_lenient_slos_with_every_answer_valid(lenient_run):
+    done, report = lenient_run
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "SLO verdict: PASS" in done.stderr
-    record = json.loads((tmp_path / "verdict.json").read_text())
+    assert "SLO verdict: PASS" in done.stderr and "held: grpc Classify: p99 <= 60000 ms" in done.stderr
+    record = json.loads((report / "verdict.json").read_text())
     assert record["passed"] and record["measured"]["failures"] == 0
+    assert [r["rule"] for r in record["slos"] if r["passed"]] == [
+        "rest /v1/classify: p95 <= 60000 ms, errors <= 0 %", "grpc Classify: p99 <= 60000 ms, errors <= 0 %",
+        "grpc: throughput >= 0.1 req/s"]
     names = {row["name"] for row in record["requests"] if row["requests"]}
     assert {"Classify", "ListModels", "/v1/classify (multipart)"} <= names  # both transports ran
-    for name in ("summary.md", "report.html", "locust_stats.csv", "locust_stats_history.csv"):
-        assert (tmp_path / name).stat().st_size > 0, name
-    assert "PASS" in (tmp_path / "summary.md").read_text().splitlines()[0]
+    assert {row["name"] for row in record["transports"]} == {"all grpc", "all rest"}
+    gateway = record["gateway"]  # what the gateway measured of itself, for a later comparison
+    assert set(gateway["stages_ms"]) == {"decode", "queue_wait", "predict", "decide"}
+    assert gateway["predict_calls"] > 0 and gateway["queue_depth"] is not None
+    for name in ("summary.md", "report.html", "locust_stats.csv", "locust_stats_history.csv",
+                 "gateway_metrics.csv", plots.TIMELINE):
+        assert (report / name).stat().st_size > 0, name
+    text = (report / "summary.md").read_text()
+    assert "PASS" in text.splitlines()[0]
+    assert f"![throughput, latency, failures and gateway stages over the run]({plots.TIMELINE})" in text
+    assert "| grpc Classify | p99 ≤ 60000 ms | " in text and "## Inside the gateway" in text
 
 
 @pytest.mark.slow
-def test_an_impossible_slo_fails_the_run_and_names_the_limit(gateway, tmp_path):
-    done = run_loadtest(gateway, tmp_path, "--slo-p95-ms", "0.001")
+def test_a_baseline_identical_to_the_run_passes(lenient_run):
+    _, report = lenient_run
+    done = subprocess.run([sys.executable, "-m", "loadtest.baseline", str(report), "--baseline", str(report)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "baseline: PASS" in done.stdout and "within the tolerance" in done.stdout
+
+
+@pytest.mark.slow
+def test_a_slower_gateway_fails_against_the_baseline_and_names_queue_wait(lenient_run, model_server, tmp_path):
+    _, baseline = lenient_run
+    slow = stack.start_gateway(backend=model_server.grpc_target, env=os.environ | {"GATEWAY_MAX_WAIT_MS": "200"})
+    try:
+        done = run_loadtest(slow, tmp_path, "--baseline", str(baseline / "verdict.json"),
+                            "--slo-p95-ms", "60000", "--slo-p99-ms", "60000")
+    finally:
+        slow.process.stop()
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "SLO verdict: PASS" in done.stderr  # the limits held: the baseline failed the run
+    assert "baseline: REGRESSED" in done.stderr and "regressed: all requests: p50" in done.stderr
+    record = json.loads((tmp_path / "verdict.json").read_text())["baseline"]
+    assert record["stage"] == "queue_wait", record["attribution"]
+    assert "queue_wait +" in record["attribution"] and "mean batch" in record["attribution"]
+    text = (tmp_path / "summary.md").read_text()
+    assert "FAIL" in text.splitlines()[0] and "## Against the baseline" in text
+    assert f"**Where it moved:** {record['attribution']}" in text
+
+
+@pytest.mark.slow
+def test_impossible_slos_fail_the_run_and_name_each_limit(gateway, tmp_path):
+    done = run_loadtest(gateway, tmp_path, "--slo-p95-ms", "0.001", "--slo", "grpc Classify:p99<=0.001ms",
+                        "--slo", "grpc Clasify:p95<=1s", "--metrics-url", "none")
     assert done.returncode == 1, done.stderr[-3000:]
     assert "SLO verdict: FAIL" in done.stderr
-    assert "missed: p95 latency" in done.stderr and "> limit 0.001 ms" in done.stderr
+    for miss in ("missed: p95 latency", "> limit 0.001 ms", "missed: grpc Classify: p99 latency",
+                 "missed: grpc Clasify: no request of this run matched"):
+        assert miss in done.stderr, miss
     text = (tmp_path / "summary.md").read_text()
-    assert "FAIL" in text.splitlines()[0] and "p95 latency" in text
+    assert "FAIL" in text.splitlines()[0] and "p95 latency" in text and "Not read (`--metrics-url none`)" in text
+
+
+def test_bad_rules_tolerances_and_baselines_stop_the_run_before_it_starts(tmp_path, capsys):
+    for argv, message in ((["--slo", "grpc:p95>=1"], "takes <="),
+                          (["--slo-file", str(tmp_path / "none.yaml")], "none.yaml"),
+                          (["--tolerance-ms", "-1"], "must be >= 0"),
+                          (["--baseline", str(tmp_path)], "verdict.json: no such file")):
+        with pytest.raises(SystemExit) as exc:
+            run.parse_args(argv)
+        assert exc.value.code == 2 and message in capsys.readouterr().err, argv
