@@ -11,7 +11,7 @@ google.rpc.ErrorInfo reason, e.g. "OVERLOADED"; empty when the gateway sent none
     Unauthenticated                 never retry: missing or wrong API key
     Overloaded                      retried by the client (honouring retry_after); raised when
                                     retries are used up
-    Unavailable                     retried likewise
+    Unavailable                     retried likewise (also CANCELLED by a gateway that stopped)
     DeadlineExceeded                the call's deadline passed (retries included)
     ImageReadError                  the client could not read an image file (never sent)
 
@@ -112,6 +112,9 @@ _BY_REASON = {
 _BY_CODE = {
     "INVALID_ARGUMENT": InvalidArgument, "NOT_FOUND": NotFound, "UNAUTHENTICATED": Unauthenticated,
     "UNAVAILABLE": Unavailable, "DEADLINE_EXCEEDED": DeadlineExceeded,
+    # The client never cancels a call it still waits for, so CANCELLED comes from the other side:
+    # a gateway that stopped with the call in flight. Classifying an image again is harmless.
+    "CANCELLED": Unavailable,
 }
 _BY_HTTP_STATUS = {
     400: InvalidArgument, 401: Unauthenticated, 404: NotFound, 413: TooLarge, 429: Overloaded,

@@ -6,9 +6,11 @@ an exponential backoff, times a random jitter, and only while
 
   * the call has attempts left (`max_attempts`, the first included),
   * the wait ends before the call's deadline (one deadline covers every attempt), and
-  * the client's retry budget allows it: retries may add at most `budget_percent` % to the calls
-    made, plus `budget_min_per_second` retries per second, so a gateway in trouble is not hit
-    with a storm of retries (the budget is shared by every call of one client object).
+  * the client's retry budget allows it in time: retries may add at most `budget_percent` % to
+    the calls made, plus `budget_min_per_second` retries per second (the budget is shared by every
+    call of one client object). A retry beyond the budget waits for its share instead, and gives
+    up when that share comes after the deadline: a gateway in trouble sees retries spread out at
+    a bounded rate, never a storm, and a patient caller still gets its answers.
 
 Otherwise the last error is raised. Under the retries, the gRPC channel itself waits for a
 connection (wait_for_ready) and retries UNAVAILABLE transparently (see `channel.py`).
@@ -56,8 +58,8 @@ class RetryPolicy:
 
 class RetryBudget:
     """A token bucket: each call deposits budget_percent/100 of a token, time adds
-    budget_min_per_second tokens per second (up to one second's worth plus the deposits' cap),
-    each retry takes a whole token. Thread-safe."""
+    budget_min_per_second tokens per second (up to one second's worth plus ten calls' deposits),
+    each retry takes a whole token, possibly ahead of time (then it waits). Thread-safe."""
 
     def __init__(self, policy: RetryPolicy):
         self._ratio = policy.budget_percent / 100.0
@@ -77,13 +79,21 @@ class RetryBudget:
             self._refill()
             self._tokens = min(self._cap, self._tokens + self._ratio)
 
-    def try_spend(self) -> bool:
+    def reserve(self, within: Optional[float]) -> Optional[float]:
+        """Take a token: seconds until it is this retry's (0: now), or None when that is not
+        within `within` seconds (None: no limit) and no token was taken."""
         with self._lock:
             self._refill()
             if self._tokens >= 1.0:
                 self._tokens -= 1.0
-                return True
-            return False
+                return 0.0
+            if self._rate <= 0:
+                return None
+            wait = (1.0 - self._tokens) / self._rate
+            if within is not None and wait >= within:
+                return None
+            self._tokens -= 1.0
+            return wait
 
 
 class Deadline:
@@ -119,6 +129,7 @@ class Retrier:
         left = deadline.remaining()
         if left is not None and delay >= left:
             raise error
-        if not self.budget.try_spend():
+        share = self.budget.reserve(None if left is None else left - delay)
+        if share is None:
             raise error
-        return delay
+        return delay + share
