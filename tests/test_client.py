@@ -8,7 +8,11 @@ gateway overloaded on purpose, both with the client's default settings: no error
 from __future__ import annotations
 
 import asyncio
+import glob
+import os
+import shutil
 import ssl
+import subprocess
 import threading
 from pathlib import Path
 
@@ -21,6 +25,7 @@ from imgclass_client import (AsyncClassifierClient, ClassifierClient, Classifier
 from test_hardening_security import KEYS, issue, make_ca, start
 from tools import stack
 
+ROOT = Path(__file__).resolve().parent.parent
 IMAGES = list(stack.example_images())
 EXPECTED = {"ankle-boot.png": "Ankle boot", "bag.png": "Bag", "trouser.png": "Trouser"}
 
@@ -235,3 +240,63 @@ def test_an_overloaded_gateway_is_retried_until_done(model_server):
         assert not failures, (refused, failures[:3])
     finally:
         gw.process.stop()
+
+
+# -- installed from its folder into a clean virtualenv ------------------------------------------------
+
+CLEAN_VENV_USE = """
+import asyncio, sys
+from pathlib import Path
+import imgclass_client
+from imgclass_client import AsyncClassifierClient, ClassifierClient, RestClassifierClient
+
+package = Path(imgclass_client.__file__).parent
+assert "site-packages" in package.parts, package
+assert (package / "py.typed").is_file() and (package / "proto/classifier/v1/classifier_pb2.pyi").is_file()
+grpc_target, http_url, image = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+with ClassifierClient(grpc_target) as client:
+    results = client.classify_many([image] * 4, concurrency=2)
+    assert all(r.ok for r in results), results
+with RestClassifierClient(http_url) as client:
+    assert client.classify(image).label == results[0].unwrap().label
+
+async def main():
+    async with AsyncClassifierClient(grpc_target) as client:
+        return await client.classify(image)
+
+print(sys.version_info[:2], asyncio.run(main()).label)
+"""
+
+
+def python_for(version: str) -> str | None:
+    """An interpreter of `version` on this machine (PATH, else pyenv's versions), or None."""
+    candidates = [shutil.which(f"python{version}"),
+                  *sorted(glob.glob(os.path.expanduser(f"~/.pyenv/versions/{version}.*/bin/python{version}")))]
+    for candidate in filter(None, candidates):
+        done = subprocess.run([candidate, "--version"], capture_output=True, text=True, timeout=30)
+        if done.returncode == 0 and done.stdout.startswith(f"Python {version}."):
+            return candidate
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version", ["3.11", "3.12"])
+def test_installs_in_a_clean_venv_and_works_outside_the_repository(version, gateway, tmp_path):
+    python = python_for(version)
+    if python is None:
+        pytest.skip(f"no Python {version} on this machine")
+    source = tmp_path / "imgclass-client"  # a copy: building in the repository would leave build/ behind
+    shutil.copytree(ROOT / "clients" / "python", source, ignore=shutil.ignore_patterns("*.egg-info", "build"))
+    venv = tmp_path / "venv"
+    subprocess.run([python, "-m", "venv", str(venv)], check=True, timeout=120)
+    pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                          str(source)], capture_output=True, text=True, timeout=540)
+    assert pip.returncode == 0, pip.stderr[-3000:]
+    outside = tmp_path / "elsewhere"
+    (outside / "classifier").mkdir(parents=True)  # another package named like the proto's
+    (outside / "classifier" / "__init__.py").write_text("raise ImportError('the wrong classifier package')\n")
+    use = subprocess.run([str(venv / "bin" / "python"), "-c", CLEAN_VENV_USE, gateway.grpc_target, gateway.http_url,
+                          str(by_name("coat.png"))], cwd=outside, capture_output=True, text=True, timeout=120,
+                         env={k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")})
+    assert use.returncode == 0, use.stderr[-3000:]
+    assert use.stdout.strip().endswith("Coat"), use.stdout
