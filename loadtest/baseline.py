@@ -217,8 +217,7 @@ class Comparison:
         return not self.regressions
 
     def markdown(self) -> list[str]:
-        lines = [f"Against `{self.baseline}`: **{'no regression' if self.passed else 'REGRESSED'}** "
-                 f"(tolerance: {self.tolerance.describe()}). Each cell: baseline → this run (change).", "",
+        lines = [cmp.headline(self.baseline, self.passed, self.tolerance, markdown=True), "",
                  *cmp.table(self.rows, "route", COLUMNS), ""]
         if self.attribution:
             lines += [f"**Where it moved:** {self.attribution}", ""]
@@ -227,8 +226,8 @@ class Comparison:
         return lines
 
     def console(self) -> str:
-        head = f"baseline: {'PASS' if self.passed else 'REGRESSED'} against {self.baseline} ({self.tolerance.describe()})"
-        lines = [head, *cmp.table(self.rows, "route", COLUMNS)]
+        lines = [cmp.headline(self.baseline, self.passed, self.tolerance, markdown=False),
+                 *cmp.table(self.rows, "route", COLUMNS)]
         if self.attribution:
             lines.append(f"  where it moved: {self.attribution}")
         lines += [f"  regressed: {line}" for line in self.regressions]

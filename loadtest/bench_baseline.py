@@ -137,8 +137,7 @@ class BenchComparison:
         return not self.regressions
 
     def markdown(self) -> list[str]:
-        lines = [f"Against `{self.baseline}`: **{'no regression' if self.passed else 'REGRESSED'}** "
-                 f"(tolerance: {self.tolerance.describe()}). Each cell: baseline → this run (change).", "",
+        lines = [cmp.headline(self.baseline, self.passed, self.tolerance, markdown=True), "",
                  *cmp.table(self.rows, "series @ in flight", self.metrics), ""]
         if self.goals:
             lines += ["| goal | baseline | this run | |", "|---|---|---|---|",
@@ -149,8 +148,8 @@ class BenchComparison:
         return lines
 
     def console(self) -> str:
-        head = f"baseline: {'PASS' if self.passed else 'REGRESSED'} against {self.baseline} ({self.tolerance.describe()})"
-        return "\n".join([head, *self.markdown()[2:]])
+        return "\n".join([cmp.headline(self.baseline, self.passed, self.tolerance, markdown=False),
+                          *self.markdown()[2:]])
 
 
 def _met(value: str | None) -> str:

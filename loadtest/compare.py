@@ -179,6 +179,14 @@ def table(rows: Sequence[Row], first: str, metrics: Sequence[tuple[str, str]]) -
     return lines
 
 
+def headline(baseline: str, passed: bool, tol: Tolerance, *, markdown: bool) -> str:
+    """The comparison's first line: against what, the outcome, the tolerance."""
+    if markdown:
+        return (f"Against `{baseline}`: **{'no regression' if passed else 'REGRESSED'}** "
+                f"(tolerance: {tol.describe()}). Each cell: baseline → this run (change).")
+    return f"baseline: {'PASS' if passed else 'REGRESSED'} against {baseline} ({tol.describe()})"
+
+
 def regression_lines(rows: Iterable[Row]) -> list[str]:
     """One line per regressed row naming each figure beyond the tolerance, for the console and
     the exit message."""

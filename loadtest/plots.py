@@ -85,8 +85,8 @@ def timeline(history: Sequence[Mapping[str, str]], snapshots: Sequence[scrape.Sn
     users.set_ylim(bottom=0)
     ax.set_title("throughput (solid) and users (dotted)")
     ax = axes[1]
-    for column, name in PERCENTILES:
-        ax.plot(t, [_float(r.get(column)) for r in rows], label=name)
+    for column, name in PERCENTILES:  # 0: no answer in the window yet (Locust writes 0, not N/A)
+        ax.plot(t, [_float(r.get(column)) or None for r in rows], label=name)
     ax.set_ylabel("ms")
     ax.set_ylim(bottom=0)
     ax.set_title("latency over the last 10 s (Locust's window)")

@@ -159,6 +159,7 @@ def test_slo_file_maps_selectors_to_limits(tmp_path):
     path.write_text("grpc Classify: p95<=150ms, p99<=400ms\nrest: [p95<=200ms, errors<=1%]\n")
     assert [r.describe() for r in slo.load_rules(path)] == [
         "grpc Classify: p95 <= 150 ms, p99 <= 400 ms", "rest: p95 <= 200 ms, errors <= 1 %"]
+    assert len(slo.load_rules(ROOT / "loadtest" / "slos.yaml")) == 6  # the committed example stays valid
     path.write_text("rest: {p95: 200}\n")
     with pytest.raises(slo.SloSpecError, match="limit string"):
         slo.load_rules(path)
