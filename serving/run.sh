@@ -10,6 +10,9 @@
 #   CONFIG_DIR   where models.config, batching.config and monitoring.config are [this directory]
 #   GRPC_PORT    gRPC port [8500]      REST_PORT   REST port [8501]   (0 = pick free ones)
 #   PYTHON       interpreter for the fallback [the repository's .venv, else python3]
+#
+# A version that fails to load is retried once, 5 s later, then given up (TF Serving's defaults: 5
+# retries a minute apart): a model server whose models cannot load stops in seconds, saying why.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -35,6 +38,8 @@ flags=(
   --model_config_file_poll_wait_seconds=60
   --allow_version_labels_for_unavailable_models=true
   --file_system_poll_wait_seconds=1
+  --max_num_load_retries=1
+  --load_retry_interval_micros=5000000
   --enable_batching=true
   --batching_parameters_file="$config_dir/batching.config"
   --monitoring_config_file="$config_dir/monitoring.config"

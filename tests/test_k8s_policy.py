@@ -3,13 +3,15 @@
 The schemas (tools/k8s_check.py's validate step) say the YAML is well formed; these tests say it is
 what a careful platform team would merge, and that it agrees with the code it deploys: probes point
 at ports and paths the servers really use, the gateway's backend address is the model-server
-Service, the ConfigMaps hold serving/*.config, alerts and dashboards only query metrics that exist.
-Everything is read from `kubectl kustomize` output, never from the source YAML, so overlays and
-patches are covered too.
+Service, the ConfigMaps hold serving/*.config, the autoscaler's target can be reached, the shutdown
+timeline leaves no request behind, alerts and dashboards only query metrics that exist.
+Everything is read from `kubectl kustomize` output, never from the source YAML, so overlays,
+components and patches are covered too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import http.server
@@ -21,6 +23,7 @@ import threading
 import tomllib
 from pathlib import Path
 from typing import Iterator
+from unittest import mock
 
 import pytest
 import yaml
@@ -30,9 +33,20 @@ from tools import k8s_check
 ROOT = k8s_check.ROOT
 K8S = k8s_check.K8S
 NAMESPACE = "imgclass"
-OUR_IMAGES = ("imgclass/model-server", "imgclass/gateway", "imgclass/loadtest")
 POD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
 DEPLOYABLE = ("overlays/cpu", "overlays/gpu")
+# Everything that runs model servers on GPUs: the gpu overlay, its canary, its optional variants.
+GPU_SOURCES = ("overlays/gpu", "overlays/canary-gpu", "overlays/gpu+nvidia-runtime-class")
+# CoreDNS's `kubernetes` plugin answers with a 5 s TTL (NodeLocal DNSCache keeps it): how long a
+# resolver may still return a pod that has left the Service.
+CLUSTER_DNS_TTL_SECONDS = 5
+# Time TF Serving needs between SIGTERM and its exit (it does not drain: it stops at once).
+MODEL_SERVER_EXIT_SECONDS = 10
+# The first start of TF Serving's GPU build on a GPU it has no kernels for (sm_90: H100/H200):
+# CUDA compiles TensorFlow's PTX before the model loads; tens of minutes have been seen.
+PTX_JIT_SECONDS = 30 * 60
+# The Prometheus Helm release a default kube-prometheus-stack selects its PodMonitors/rules by.
+PROMETHEUS_RELEASE = "kube-prometheus-stack"
 
 
 # --------------------------------------------------------------------------- rendering helpers
@@ -68,6 +82,14 @@ def all_workloads() -> Iterator[tuple[str, dict]]:
                 yield source, obj
 
 
+def model_server_deployments(source: str) -> list[dict]:
+    """The stable model-server Deployment and/or a canary one (named model-server-canary)."""
+    found = [d for d in objects(source, "Deployment")
+             if d["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/name") == "model-server"]
+    assert found, f"{source}: no model-server Deployment"
+    return found
+
+
 def container(source: str, deployment: str) -> dict:
     return pod_spec(one(source, "Deployment", deployment))["containers"][0]
 
@@ -94,6 +116,10 @@ def port_number(c: dict, port: int | str) -> int:
     return named[port]
 
 
+def config_mount(c: dict) -> str:
+    return next(m["mountPath"] for m in c["volumeMounts"] if m["name"] == "config")
+
+
 def config_map(source: str, prefix: str) -> dict:
     found = [o for o in objects(source, "ConfigMap") if o["metadata"]["name"].startswith(prefix + "-")]
     assert len(found) == 1, f"{source}: expected one ConfigMap {prefix}-<hash>, found {len(found)}"
@@ -115,11 +141,59 @@ def pinned(requirement_name: str, extra: str | None = None) -> str:
 
 
 def default_model() -> str:
-    """The first model in the deployed models.config: the one the probes and the gateway default to."""
+    """The first model in the deployed models.config: the one the gateway defaults to."""
     text = config_map("overlays/cpu", "model-server-config")["data"]["models.config"]
     match = re.search(r'name:\s*"([^"]+)"', text)
     assert match, "models.config names no model"
     return match.group(1)
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def _cpus(quantity: str) -> int:
+    return int(quantity[:-1]) // 1000 if quantity.endswith("m") else int(quantity)
+
+
+def _seconds_of_ms(value: int | str) -> float:
+    return int(value) / 1000
+
+
+@functools.cache
+def model_server_options(source: str, deployment: str = "model-server", tmp: str = "/tmp"):
+    """The rendered model-server args, with the ConfigMap files written to a local directory, parsed
+    by serving/'s flag parser (which reads flags as tensorflow_model_server does)."""
+    from serving import flags as serving_flags
+
+    workload = one(source, "Deployment", deployment)
+    c = pod_spec(workload)["containers"][0]
+    config_name = next(v["configMap"]["name"] for v in pod_spec(workload)["volumes"] if v["name"] == "config")
+    data = one(source, "ConfigMap", config_name)["data"]
+    local = Path(tmp) / f"k8s-policy-{os.getpid()}-{source.replace('/', '-')}-{deployment}"
+    local.mkdir(parents=True, exist_ok=True)
+    for name, text in data.items():
+        (local / name).write_text(text)
+    mount = config_mount(c)
+    return serving_flags.parse([a.replace(f"={mount}/", f"={local}/") for a in c["args"]])
+
+
+@functools.cache
+def gateway_settings(source: str):
+    """The gateway's own settings model, loaded from the rendered env and config file (as the pod does)."""
+    from gateway import settings as gateway_settings_module
+
+    c = container(source, "gateway")
+    e = env(c)
+    config_file = Path(e["GATEWAY_CONFIG"])
+    mount = next(m for m in c["volumeMounts"] if config_file.parent == Path(m["mountPath"]))
+    volume = next(v for v in pod_spec(one(source, "Deployment", "gateway"))["volumes"] if v["name"] == mount["name"])
+    data = one(source, "ConfigMap", volume["configMap"]["name"])["data"]
+    local = Path("/tmp") / f"k8s-policy-{os.getpid()}-{source.replace('/', '-')}-{config_file.name}"
+    local.write_text(data[config_file.name])
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    with mock.patch.dict(os.environ, {**clean, **e, "GATEWAY_CONFIG": str(local)}, clear=True):
+        return gateway_settings_module.load_settings()
 
 
 # --------------------------------------------------------------------------- every workload
@@ -174,17 +248,28 @@ def test_service_accounts_do_not_mount_tokens():
         assert sa.get("automountServiceAccountToken") is False, sa["metadata"]["name"]
 
 
-def test_every_image_is_pinned():
+def test_every_image_is_pinned_by_digest_or_is_the_local_project_build():
     version = pyproject()["project"]["version"]
+    seen = 0
     for source, workload in all_workloads():
         for c in containers(workload):
-            image = c["image"]
-            repo, sep, tag = image.rpartition(":")
-            assert sep and "/" not in tag and tag, f"{source}: {c['name']} image {image!r} has no tag"
-            assert tag != "latest", f"{source}: {c['name']} uses {image!r}"
-            if repo in OUR_IMAGES:
-                assert tag in (version, f"{version}-gpu"), \
-                    f"{source}: {image} is not the project version {version} (pyproject.toml)"
+            seen += 1
+            problem = k8s_check.image_problem(c["image"], version)
+            assert problem is None, f"{source}: {workload['metadata']['name']}/{c['name']}: {problem}"
+    assert seen >= 4
+
+
+@pytest.mark.parametrize("image, ok", [
+    ("imgclass/model-server:{v}", True), ("imgclass/model-server:{v}-gpu", True),
+    ("registry.example.com/imgclass/model-server:{v}-m2@sha256:" + "a" * 64, True),
+    ("registry.example.com/imgclass/model-server@sha256:" + "b" * 64, True),
+    ("imgclass/model-server:{v}-m2", False),                  # a moved tag would go unnoticed
+    ("registry.example.com/imgclass/model-server:{v}", False),  # pushed, so movable
+    ("imgclass/model-server:latest", False), ("imgclass/model-server", False),
+])
+def test_image_policy_accepts_digests_and_the_local_build_only(image, ok):
+    version = pyproject()["project"]["version"]
+    assert (k8s_check.image_problem(image.format(v=version), version) is None) == ok
 
 
 def test_dockerfiles_pin_their_bases_and_match_pyproject():
@@ -203,6 +288,76 @@ def test_dockerfiles_pin_their_bases_and_match_pyproject():
     assert f'"locust=={pinned("locust", "dev")}"' in gateway
 
 
+def _apply_chmod(mode: int, spec: str, is_dir: bool) -> int:
+    """What `COPY --chmod=spec` makes of a file or directory of `mode` (octal, or chmod's symbolic
+    clauses such as u=rwX,go=rX, where X is x for directories and already-executable files)."""
+    if re.fullmatch(r"[0-7]{3,4}", spec):
+        return int(spec, 8)
+    for clause in spec.split(","):
+        match = re.fullmatch(r"([ugoa]*)([=+-])([rwxX]*)", clause)
+        assert match, f"--chmod clause {clause!r} is not chmod's symbolic syntax"
+        who, op, perms = match.groups()
+        who = who or "a"
+        shifts = [s for w, s in (("u", 6), ("g", 3), ("o", 0)) if w in who or "a" in who]
+        bits = sum({"r": 4, "w": 2, "x": 1}.get(p, 0) for p in perms)
+        if "X" in perms and (is_dir or mode & 0o111):
+            bits |= 1
+        for shift in shifts:
+            if op == "=":
+                mode = (mode & ~(7 << shift)) | (bits << shift)
+            elif op == "+":
+                mode |= bits << shift
+            else:
+                mode &= ~(bits << shift)
+    return mode
+
+
+def _dockerfile_copies(dockerfile: Path) -> Iterator[tuple[str, bool, list[str]]]:
+    """(stage, stage is an image people run, options) of each COPY/ADD from the build context."""
+    text = re.sub(r"\\\n\s*", " ", dockerfile.read_text())
+    stages: list[tuple[str, list[str]]] = []
+    for line in text.splitlines():
+        if m := re.match(r"FROM\s+\S+(?:\s+AS\s+(\S+))?", line, flags=re.I):
+            stages.append((m.group(1) or f"stage{len(stages)}", []))
+        elif re.match(r"(COPY|ADD)\s", line) and stages:
+            stages[-1][1].append(line)
+    copied_from = set(re.findall(r"--from=(\S+)", text))
+    for stage, lines in stages:
+        for line in lines:
+            options = re.findall(r"--(\w+)=(\S+)", line)
+            if any(name == "from" for name, _ in options):
+                continue
+            yield stage, stage not in copied_from, [f"{n}={v}" for n, v in options]
+
+
+def test_images_copy_files_root_owned_and_readable_whatever_the_working_tree_modes():
+    """A freshly exported model version may be 0700 in the working tree (git hides it: clones
+    normalise modes): an image that copied it as is would hold a model its non-root server cannot
+    read, and every pod would crash-loop. So every file copied into a runnable image is root-owned
+    (not writable by the server) with modes that let any uid read files and enter directories."""
+    for dockerfile in k8s_check.DOCKERFILES:
+        first = dockerfile.read_text().splitlines()[0]
+        seen = 0
+        for stage, runnable, options in _dockerfile_copies(dockerfile):
+            if not runnable:
+                continue
+            seen += 1
+            opts = dict(o.split("=", 1) for o in options)
+            where = f"{dockerfile.relative_to(ROOT)} (stage {stage})"
+            assert opts.get("chown") == "0:0", f"{where}: COPY without --chown=0:0: {options}"
+            assert "chmod" in opts, f"{where}: COPY without --chmod keeps the working tree's modes"
+            private_dir = _apply_chmod(0o700, opts["chmod"], is_dir=True)
+            private_file = _apply_chmod(0o600, opts["chmod"], is_dir=False)
+            assert private_dir & 0o005 == 0o005, f"{where}: --chmod={opts['chmod']} leaves a 0700 directory closed"
+            assert private_file & 0o004, f"{where}: --chmod={opts['chmod']} leaves a 0600 file unreadable"
+            assert not (private_dir | private_file) & 0o022, f"{where}: --chmod={opts['chmod']} lets others write"
+            if not re.fullmatch(r"[0-7]{3,4}", opts["chmod"]):
+                version = re.fullmatch(r"# syntax=docker/dockerfile:(\d+)\.(\d+)\S*", first)
+                assert version and (int(version.group(1)), int(version.group(2))) >= (1, 14), \
+                    f"{dockerfile.relative_to(ROOT)}: symbolic --chmod needs `# syntax=docker/dockerfile:1.14` first"
+        assert seen, f"{dockerfile}: no COPY into a runnable image found"
+
+
 def test_prestop_pause_is_shorter_than_the_grace_period():
     for source, workload in all_workloads():
         if workload["kind"] != "Deployment":
@@ -216,7 +371,36 @@ def test_prestop_pause_is_shorter_than_the_grace_period():
             if c["name"] == "gateway":
                 e = env(c)
                 shutdown += float(e["GATEWAY_SHUTDOWN_DELAY_SECONDS"]) + float(e["GATEWAY_SHUTDOWN_GRACE_SECONDS"])
-            assert shutdown < grace, f"{source}: {c['name']} needs {shutdown} s to stop, grace is {grace} s"
+            elif c["name"] == "model-server":
+                shutdown += MODEL_SERVER_EXIT_SECONDS
+            assert shutdown <= grace, f"{source}: {c['name']} needs {shutdown} s to stop, grace is {grace} s"
+
+
+def test_model_server_shutdown_timeline_leaves_no_request_behind():
+    """A terminating model-server pod leaves the headless Service at once and sleeps (preStop), then
+    TF Serving exits on SIGTERM without draining. Within the sleep, (1) every gateway must have
+    dropped the pod: it re-resolves the Service every backend_resolve_seconds, and the cluster DNS
+    may answer from its cache for one TTL; (2) the calls it sent before must have finished (their
+    deadline is at most request_timeout_seconds); (3) every client connection must have been closed
+    by the server's max connection age plus its grace, so no client keeps using the pod."""
+    for source in DEPLOYABLE:
+        settings = gateway_settings(source)
+        for deployment in model_server_deployments(source):
+            c = pod_spec(deployment)["containers"][0]
+            pause = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+            arguments = dict(item.split("=") for item in flags(c)["grpc_channel_arguments"].split(","))
+            age = _seconds_of_ms(arguments["grpc.max_connection_age_ms"])
+            age_grace = _seconds_of_ms(arguments["grpc.max_connection_age_grace_ms"])
+            where = f"{source}: {deployment['metadata']['name']}"
+            assert age + age_grace < pause, \
+                f"{where}: connections live up to {age + age_grace} s, the preStop sleep is {pause} s"
+            assert settings.backend_balancing == "endpoints", \
+                f"{source}: the gateway must resolve the Service itself (backend_balancing: endpoints)"
+            resolve = settings.backend_resolve_seconds
+            assert resolve <= 5, f"{source}: the gateway re-resolves the model servers only every {resolve} s"
+            last_call_done = resolve + CLUSTER_DNS_TTL_SECONDS + settings.request_timeout_seconds
+            assert last_call_done <= pause, \
+                f"{where}: the last call may end {last_call_done} s after termination, the preStop sleep is {pause} s"
 
 
 def test_each_deployment_has_a_pdb_spread_and_an_hpa():
@@ -235,54 +419,58 @@ def test_each_deployment_has_a_pdb_spread_and_an_hpa():
             assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 300, \
                 f"{source}: {name} scales down without stabilisation"
             assert any(m["type"] == "Resource" and m["resource"]["name"] == "cpu" for m in hpa["spec"]["metrics"])
+            assert "replicas" not in deployment["spec"], \
+                f"{source}: {name} sets replicas under an HPA: every `kubectl apply -k` would fight the autoscaler"
 
 
-def _selects(selector: dict, labels: dict) -> bool:
-    return all(labels.get(k) == v for k, v in selector.items())
+def test_hard_topology_spread_counts_only_nodes_the_pods_tolerate():
+    """With the default nodeTaintsPolicy (Ignore), tainted GPU or system nodes count as domains with
+    no pods: a DoNotSchedule spread over hostnames can never be satisfied and new pods stay Pending."""
+    seen = 0
+    for source, workload in all_workloads():
+        for constraint in pod_spec(workload).get("topologySpreadConstraints", []):
+            seen += 1
+            assert constraint.get("nodeTaintsPolicy") == "Honor", \
+                f"{source}: {workload['metadata']['name']} spreads over {constraint['topologyKey']} counting tainted nodes"
+    assert seen >= 4
 
 
 # --------------------------------------------------------------------------- model server
 
 def test_model_server_configmap_holds_serving_configs():
-    for source in DEPLOYABLE:
+    for source in DEPLOYABLE + ("overlays/canary", "overlays/canary-gpu"):
         data = config_map(source, "model-server-config")["data"]
         assert set(data) == set(k8s_check.SERVING_CONFIGS), source
         for name, text in data.items():
             expected = ROOT / "serving" / name
-            if source == "overlays/gpu" and name == "batching.config":
-                expected = K8S / "overlays" / "gpu" / "batching.config"
+            if source in GPU_SOURCES and name == "batching.config":
+                expected = K8S / "components" / "gpu" / "batching.config"
             assert text == expected.read_text(), f"{source}: ConfigMap {name} differs from {expected.relative_to(ROOT)}"
-        c = container(source, "model-server")
-        mount = next(m["mountPath"] for m in c["volumeMounts"] if m["name"] == "config")
-        f = flags(c)
-        assert f["model_config_file"] == f"{mount}/models.config"
-        assert f["batching_parameters_file"] == f"{mount}/batching.config" and f["enable_batching"] == "true"
-        assert f["monitoring_config_file"] == f"{mount}/monitoring.config"
+        for deployment in model_server_deployments(source):
+            c = pod_spec(deployment)["containers"][0]
+            mount = config_mount(c)
+            f = flags(c)
+            assert f["model_config_file"] == f"{mount}/models.config"
+            assert f["batching_parameters_file"] == f"{mount}/batching.config" and f["enable_batching"] == "true"
+            assert f["monitoring_config_file"] == f"{mount}/monitoring.config"
 
 
 PYTHON_SERVING_ONLY_FLAGS = {"bind_address", "shutdown_grace_period_seconds"}
 
 
-def test_model_server_flags_and_configs_are_what_tf_serving_accepts(tmp_path):
+def test_model_server_flags_and_configs_are_what_tf_serving_accepts():
     """The rendered args and ConfigMap files go through serving/'s parsers, which read flags and
     config files as tensorflow_model_server does (a bad file stops the real server at start-up)."""
     from serving import configs, flags as serving_flags
 
+    known = {f.name for f in dataclasses.fields(serving_flags.ServerOptions)}
+    known = (known | serving_flags.ACCEPTED_WITHOUT_EFFECT) - PYTHON_SERVING_ONLY_FLAGS
     for source in DEPLOYABLE:
         c = container(source, "model-server")
         assert c["command"] == ["tensorflow_model_server"]
-        known = {f.name for f in dataclasses.fields(serving_flags.ServerOptions)}
-        known = (known | serving_flags.ACCEPTED_WITHOUT_EFFECT) - PYTHON_SERVING_ONLY_FLAGS
         for name in flags(c):
             assert name in known, f"{source}: --{name} is not a tensorflow_model_server flag"
-        data = config_map(source, "model-server-config")["data"]
-        mount = next(m["mountPath"] for m in c["volumeMounts"] if m["name"] == "config")
-        local = tmp_path / source.replace("/", "-")
-        local.mkdir()
-        for name, text in data.items():
-            (local / name).write_text(text)
-        argv = [a.replace(f"={mount}/", f"={local}/") for a in c["args"]]
-        options = serving_flags.parse(argv)
+        options = model_server_options(source)
         models = configs.model_server_config(options)
         assert [m.name for m in models.model_config_list.config][0] == default_model()
         for model in models.model_config_list.config:
@@ -293,6 +481,16 @@ def test_model_server_flags_and_configs_are_what_tf_serving_accepts(tmp_path):
         assert dict(configs.grpc_channel_arguments(options))["grpc.max_connection_age_ms"] > 0
 
 
+def test_a_model_that_cannot_load_stops_the_pod_in_seconds():
+    """TF Serving retries a failed load 5 times a minute apart by default: a pod whose model cannot be
+    read spends 5 minutes 'starting' before it fails. Retry once, shortly, then give up."""
+    for source in DEPLOYABLE:
+        options = model_server_options(source)
+        wasted = options.max_num_load_retries * options.load_retry_interval_micros / 1e6
+        assert options.max_num_load_retries <= 1 and wasted <= 10, \
+            f"{source}: a failing load is retried {options.max_num_load_retries} times, {wasted:.0f} s in all"
+
+
 def test_model_server_args_repeat_serving_run_sh(tmp_path):
     """serving/run.sh is the image's entrypoint and the one list of the server's flags; the
     Deployment spells them out (visible in `kubectl describe`). Run run.sh as the image does,
@@ -300,74 +498,122 @@ def test_model_server_args_repeat_serving_run_sh(tmp_path):
     fake = tmp_path / "tensorflow_model_server"
     fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
     fake.chmod(0o755)
-    for source in DEPLOYABLE:
-        c = container(source, "model-server")
-        mount = next(m["mountPath"] for m in c["volumeMounts"] if m["name"] == "config")
-        proc = subprocess.run(["bash", str(ROOT / "serving" / "run.sh")], capture_output=True, text=True, timeout=30,
-                              env={"PATH": f"{tmp_path}:/usr/bin:/bin", "CONFIG_DIR": mount, "MODELS_DIR": "/models"})
-        assert proc.returncode == 0, proc.stderr
-        run_sh = flags({"args": proc.stdout.split()})
-        assert run_sh, "run.sh passed no flags"
-        deployed = flags(c)
-        for name, value in run_sh.items():
-            assert deployed.get(name) == value, f"{source}: --{name}={deployed.get(name)}, run.sh sets {value}"
+    for source in DEPLOYABLE + ("overlays/canary", "overlays/canary-gpu"):
+        for deployment in model_server_deployments(source):
+            c = pod_spec(deployment)["containers"][0]
+            proc = subprocess.run(["bash", str(ROOT / "serving" / "run.sh")], capture_output=True, text=True,
+                                  timeout=30, env={"PATH": f"{tmp_path}:/usr/bin:/bin", "CONFIG_DIR": config_mount(c),
+                                                   "MODELS_DIR": "/models"})
+            assert proc.returncode == 0, proc.stderr
+            run_sh = flags({"args": proc.stdout.split()})
+            assert run_sh, "run.sh passed no flags"
+            deployed = flags(c)
+            for name, value in run_sh.items():
+                assert deployed.get(name) == value, f"{source}: --{name}={deployed.get(name)}, run.sh sets {value}"
 
 
 def test_model_server_ports_and_probes_match_its_flags():
-    model = default_model()
     monitoring = config_map("overlays/cpu", "model-server-config")["data"]["monitoring.config"]
     metrics_path = re.search(r'path:\s*"([^"]+)"', monitoring).group(1)
-    for source in DEPLOYABLE:
-        deployment = one(source, "Deployment", "model-server")
-        c = pod_spec(deployment)["containers"][0]
-        f = flags(c)
-        grpc_port, rest_port = int(f["port"]), int(f["rest_api_port"])
-        assert port_number(c, "grpc") == grpc_port and port_number(c, "http") == rest_port
-        startup = c["startupProbe"]["httpGet"]
-        assert startup["path"] == f"/v1/models/{model}" and port_number(c, startup["port"]) == rest_port
-        assert c["livenessProbe"]["tcpSocket"]["port"] in ("http", rest_port)
-        script = c["readinessProbe"]["exec"]["command"][-1]
-        assert f"/dev/tcp/127.0.0.1/{rest_port} " in script and f"GET /v1/models/{model} " in script
-        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
-        assert annotations["prometheus.io/port"] == str(rest_port) and annotations["prometheus.io/path"] == metrics_path
+    for source in DEPLOYABLE + ("overlays/canary", "overlays/canary-gpu"):
+        for deployment in model_server_deployments(source):
+            c = pod_spec(deployment)["containers"][0]
+            f = flags(c)
+            grpc_port, rest_port = int(f["port"]), int(f["rest_api_port"])
+            assert port_number(c, "grpc") == grpc_port and port_number(c, "http") == rest_port
+            assert port_number(c, c["startupProbe"]["tcpSocket"]["port"]) == rest_port
+            assert port_number(c, c["livenessProbe"]["tcpSocket"]["port"]) == rest_port
+            script = c["readinessProbe"]["exec"]["command"][-1]
+            assert f"/dev/tcp/127.0.0.1/{rest_port}" in script
+            assert f"{config_mount(c)}/models.config" in script, "readiness must read the mounted models.config"
+            annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+            assert annotations["prometheus.io/port"] == str(rest_port)
+            assert annotations["prometheus.io/path"] == metrics_path
 
 
-def test_gpu_only_in_the_gpu_overlay():
+def test_no_probe_names_a_model():
+    """The models come from models.config (a ConfigMap); a probe that names one breaks the day it is
+    renamed or another model is deployed on its own."""
+    names = set(re.findall(r'name:\s*"([^"]+)"', config_map("overlays/cpu", "model-server-config")["data"]["models.config"]))
+    assert names
+    for source, workload in all_workloads():
+        for c in containers(workload):
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                text = json.dumps(c.get(probe, {}))
+                for name in names:
+                    assert not re.search(rf"\b{re.escape(name)}\b", text), \
+                        f"{source}: {workload['metadata']['name']}/{c['name']} {probe} names model {name!r}"
+
+
+def test_gpu_only_where_the_gpu_component_is():
     for source, workload in all_workloads():
         for c in containers(workload):
             has_gpu = "nvidia.com/gpu" in c["resources"].get("limits", {})
-            wants_gpu = source == "overlays/gpu" and c["name"] == "model-server"
+            wants_gpu = source in GPU_SOURCES and c["name"] == "model-server"
             assert has_gpu == wants_gpu, f"{source}: {c['name']} GPU limit {'present' if has_gpu else 'missing'}"
-    spec = pod_spec(one("overlays/gpu", "Deployment", "model-server"))
-    c = spec["containers"][0]
-    assert c["resources"]["limits"]["nvidia.com/gpu"] == 1 and c["image"].endswith("-gpu")
-    assert spec["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
-    cpu_flags, gpu_flags = flags(container("overlays/cpu", "model-server")), flags(c)
+
+
+@pytest.mark.parametrize("source", GPU_SOURCES)
+def test_gpu_model_servers_schedule_roll_and_start_on_any_gpu_cluster(source):
+    cpu_flags = flags(container("overlays/cpu", "model-server"))
     tuned = {"tensorflow_intra_op_parallelism", "tensorflow_inter_op_parallelism"}
-    assert {k: v for k, v in cpu_flags.items() if k not in tuned} == \
-        {k: v for k, v in gpu_flags.items() if k not in tuned}, "gpu args drifted from the base's"
+    for deployment in model_server_deployments(source):
+        where = f"{source}: {deployment['metadata']['name']}"
+        spec = pod_spec(deployment)
+        c = spec["containers"][0]
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == 1 and re.search(r":[^/@]*-gpu(@|$)", c["image"]), where
+        assert any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"]), f"{where}: no GPU toleration"
+        # The GPU limit is what places the pod; a label only GPU Feature Discovery sets would leave it
+        # Pending on clusters without it.
+        assert "nvidia.com/gpu.present" not in spec.get("nodeSelector", {}), f"{where}: needs GPU Feature Discovery"
+        rolling = deployment["spec"]["strategy"]["rollingUpdate"]
+        assert rolling["maxSurge"] == 0 and rolling["maxUnavailable"] >= 1, \
+            f"{where}: a surge pod waits forever for a GPU when all are in use"
+        e = env(c)
+        cache = e.get("CUDA_CACHE_PATH")
+        mount = next((m for m in c["volumeMounts"] if cache and m["mountPath"] == cache), None)
+        assert mount and any(v["name"] == mount["name"] and "emptyDir" in v for v in spec["volumes"]), \
+            f"{where}: CUDA's JIT cache must be on a writable emptyDir (the root filesystem is read-only)"
+        assert int(e.get("CUDA_CACHE_MAXSIZE", 0)) >= 2**30, f"{where}: CUDA's default cache cap evicts kernels"
+        startup = c["startupProbe"]
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= PTX_JIT_SECONDS, \
+            f"{where}: the startup probe kills the pod during CUDA's first PTX compilation"
+        gpu_flags = flags(c)
+        assert {k: v for k, v in cpu_flags.items() if k not in tuned} == \
+            {k: v for k, v in gpu_flags.items() if k not in tuned}, f"{where}: args drifted from the base's"
+        assert int(gpu_flags["tensorflow_intra_op_parallelism"]) == _cpus(c["resources"]["limits"]["cpu"])
+    if source == "overlays/gpu":
+        assert one(source, "HorizontalPodAutoscaler", "model-server")["spec"]["maxReplicas"] <= 4
+
+
+def test_thread_pools_follow_the_cpu_limit():
     for source in DEPLOYABLE:   # TensorFlow's thread pools sized to the CPU limit, not the node
         c = container(source, "model-server")
         assert int(flags(c)["tensorflow_intra_op_parallelism"]) == _cpus(c["resources"]["limits"]["cpu"])
 
 
-def _cpus(quantity: str) -> int:
-    return int(quantity[:-1]) // 1000 if quantity.endswith("m") else int(quantity)
+def test_runtime_class_component_sets_the_nvidia_runtime_on_model_servers_only():
+    source = "overlays/gpu+nvidia-runtime-class"
+    for workload in objects(source, "Deployment"):
+        runtime = pod_spec(workload).get("runtimeClassName")
+        is_model_server = workload["metadata"]["name"].startswith("model-server")
+        assert runtime == ("nvidia" if is_model_server else None), f"{workload['metadata']['name']}: {runtime}"
+    assert "runtimeClassName" not in pod_spec(one("overlays/gpu", "Deployment", "model-server"))
 
 
 class _FakeTfServingStatus(http.server.BaseHTTPRequestHandler):
     """Answers GET /v1/models/<name> the way tensorflow_model_server's REST API does."""
 
-    state = "AVAILABLE"
-    model = "fashion"
+    states: dict[str, str] = {}
 
     def do_GET(self):  # noqa: N802 (http.server's naming)
-        if self.path != f"/v1/models/{self.model}":
-            body, code = b'{ "error": "Could not find any versions of model x" }', 404
+        model = self.path.removeprefix("/v1/models/")
+        if model not in self.states:
+            body, code = (b'{ "error": "Could not find any versions of model %s" }' % model.encode()), 404
         else:
             body, code = ('{\n "model_version_status": [\n  {\n   "version": "1",\n   "state": "%s",\n'
                           '   "status": {\n    "error_code": "OK",\n    "error_message": ""\n   }\n  }\n ]\n}\n'
-                          % self.state).encode(), 200
+                          % self.states[model]).encode(), 200
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -378,30 +624,48 @@ class _FakeTfServingStatus(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.mark.parametrize("state, ready", [("AVAILABLE", True), ("LOADING", False), ("END", False),
-                                          ("unknown-model", False), ("no-server", False)])
-def test_model_server_readiness_command_requires_an_available_version(state, ready):
-    """Runs the rendered exec probe itself (bash /dev/tcp + grep) against an HTTP server answering
-    like TF Serving: a 200 alone must not pass, only a version in state AVAILABLE."""
-    c = container("overlays/cpu", "model-server")
-    command = list(c["readinessProbe"]["exec"]["command"])
-    handler = type("Handler", (_FakeTfServingStatus,), {
-        "state": state, "model": default_model() if state != "unknown-model" else "other"})
+@contextlib.contextmanager
+def _fake_tf_serving(states: dict[str, str] | None):
+    """A port where a fake TF Serving answers with `states`; None: a port nothing listens on."""
+    handler = type("Handler", (_FakeTfServingStatus,), {"states": states or {}})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    port = server.server_address[1]
-    if state == "no-server":
+    if states is None:
         server.server_close()
-    else:
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+        yield server.server_address[1]
+        return
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
     try:
-        rest_port = flags(c)["rest_api_port"]
-        command[-1] = command[-1].replace(f"/dev/tcp/127.0.0.1/{rest_port} ", f"/dev/tcp/127.0.0.1/{port} ")
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=c["readinessProbe"]["timeoutSeconds"])
+        yield server.server_address[1]
     finally:
-        if state != "no-server":
-            server.shutdown()
-            server.server_close()
-    assert (proc.returncode == 0) == ready, f"state {state}: exit {proc.returncode} {proc.stderr}"
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("models, states, ready", [
+    (["fashion"], {"fashion": "AVAILABLE"}, True),
+    (["fashion", "scenes"], {"fashion": "AVAILABLE", "scenes": "AVAILABLE"}, True),
+    (["fashion", "scenes"], {"fashion": "AVAILABLE", "scenes": "LOADING"}, False),
+    (["fashion", "scenes"], {"fashion": "END", "scenes": "AVAILABLE"}, False),
+    (["fashion", "scenes"], {"fashion": "AVAILABLE"}, False),          # one model unknown to the server
+    (["fashion"], None, False),                                        # nothing listening
+    ([], {"fashion": "AVAILABLE"}, False),                             # a config naming no model
+])
+def test_model_server_readiness_requires_every_configured_model_available(tmp_path, models, states, ready):
+    """Runs the rendered exec probe itself (bash /dev/tcp + grep), with a models.config naming
+    `models`, against an HTTP server answering like TF Serving: a 200 alone must not pass, only a
+    version in state AVAILABLE, for every model the config names."""
+    c = container("overlays/cpu", "model-server")
+    mount, rest_port = config_mount(c), flags(c)["rest_api_port"]
+    (tmp_path / "models.config").write_text("model_config_list {\n" + "".join(
+        f'  config {{\n    name: "{m}"\n    base_path: "/models/{m}"\n    model_platform: "tensorflow"\n  }}\n'
+        for m in models) + "}\n")
+    command = list(c["readinessProbe"]["exec"]["command"])
+    with _fake_tf_serving(states) as port:
+        command[-1] = (command[-1].replace(f"{mount}/models.config", f"{tmp_path}/models.config")
+                                  .replace(f"/dev/tcp/127.0.0.1/{rest_port}", f"/dev/tcp/127.0.0.1/{port}"))
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=c["readinessProbe"]["timeoutSeconds"])
+    assert (proc.returncode == 0) == ready, f"{models} {states}: exit {proc.returncode} {proc.stderr}"
 
 
 def test_model_server_hpa_metric_is_served_by_the_adapter_rule():
@@ -418,6 +682,23 @@ def test_model_server_hpa_metric_is_served_by_the_adapter_rule():
         assert_promql_uses_known_metrics(query, "adapter rule")
 
 
+def test_model_server_hpa_target_is_reachable_and_means_saturation():
+    """The target (requests in flight per pod) must be (1) no higher than the batch threads a pod runs
+    at once, beyond which requests queue inside TF Serving, and (2) below what the gateways can send a
+    pod (each sends at most max_concurrent_batches calls per pod): otherwise saturation shows up as
+    429s from the gateways' full queues and never as a scale-up."""
+    from serving import configs
+
+    for source in DEPLOYABLE:
+        hpa = one(source, "HorizontalPodAutoscaler", "model-server")
+        target = next(float(m["pods"]["target"]["averageValue"]) for m in hpa["spec"]["metrics"] if m["type"] == "Pods")
+        threads = configs.batching_settings(model_server_options(source)).num_batch_threads
+        assert target <= threads, f"{source}: target {target} in flight per pod, but a pod runs {threads} batches at once"
+        gateways = one(source, "HorizontalPodAutoscaler", "gateway")["spec"]["minReplicas"]
+        per_pod = gateways * gateway_settings(source).max_concurrent_batches
+        assert target < per_pod, f"{source}: target {target}, but {gateways} gateways send a pod at most {per_pod}"
+
+
 # --------------------------------------------------------------------------- gateway
 
 def test_gateway_backend_is_the_headless_model_server_service():
@@ -428,13 +709,15 @@ def test_gateway_backend_is_the_headless_model_server_service():
         name, namespace, port = match.group(1), match.group(2), int(match.group(3))
         service = one(source, "Service", name)
         assert service["metadata"]["namespace"] == namespace
-        assert service["spec"].get("clusterIP") == "None", "round_robin needs a headless Service"
+        assert service["spec"].get("clusterIP") == "None", "per-pod routing needs a headless Service"
+        assert not service["spec"].get("publishNotReadyAddresses"), "unready pods would be resolved"
         service_port = next((p for p in service["spec"]["ports"] if p["port"] == port), None)
         assert service_port, f"{source}: Service {name} has no port {port}"
         model_server = container(source, "model-server")
         assert port_number(model_server, service_port["targetPort"]) == int(flags(model_server)["port"])
         pod_labels = one(source, "Deployment", "model-server")["spec"]["template"]["metadata"]["labels"]
         assert _selects(service["spec"]["selector"], pod_labels)
+        assert gateway_settings(source).backend == backend
 
 
 def test_services_target_ports_their_pods_declare():
@@ -447,33 +730,23 @@ def test_services_target_ports_their_pods_declare():
                 port_number(pod_spec(matching[0])["containers"][0], p["targetPort"])
 
 
-def test_gateway_env_and_config_are_valid_settings(monkeypatch, tmp_path):
+def test_gateway_env_and_config_are_valid_settings():
     """The gateway's own settings model loads the rendered config file with the rendered env."""
-    from gateway import settings as gateway_settings
+    from gateway import settings as gateway_settings_module
 
     for source in DEPLOYABLE:
         c = container(source, "gateway")
-        e = env(c)
-        for name in e:
-            assert name.startswith("GATEWAY_") and name[8:].lower() in gateway_settings.Settings.model_fields, \
+        for name in env(c):
+            assert name.startswith("GATEWAY_") and name[8:].lower() in gateway_settings_module.Settings.model_fields, \
                 f"{source}: {name} is not a gateway setting"
-        config_file = Path(e["GATEWAY_CONFIG"])
-        mount = next(m for m in c["volumeMounts"] if config_file.parent == Path(m["mountPath"]))
-        volume = next(v for v in pod_spec(one(source, "Deployment", "gateway"))["volumes"] if v["name"] == mount["name"])
-        data = next(o for o in objects(source, "ConfigMap")
-                    if o["metadata"]["name"] == volume["configMap"]["name"])["data"]
-        config_copy = tmp_path / f"{source.replace('/', '-')}-{config_file.name}"
-        config_copy.write_text(data[config_file.name])
-        for name in [n for n in os.environ if n.startswith("GATEWAY_")]:
-            monkeypatch.delenv(name)
-        for name, value in e.items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.setenv("GATEWAY_CONFIG", str(config_copy))
-        s = gateway_settings.load_settings()
+        s = gateway_settings(source)
         assert s.grpc_port == port_number(c, "grpc") and s.http_port == port_number(c, "http")
         assert s.host == "0.0.0.0"
         assert s.default_model == default_model()
         assert s.decode_workers <= 2 * _cpus(c["resources"]["limits"]["cpu"])
+        # Routing keys reload from the mounted file: a subPath mount would never see an update.
+        mount = next(m for m in c["volumeMounts"] if m["mountPath"] == str(Path(env(c)["GATEWAY_CONFIG"]).parent))
+        assert "subPath" not in mount and s.config_reload_seconds > 0
 
 
 def test_gateway_probes_use_its_ports_paths_and_health_service():
@@ -494,14 +767,19 @@ def test_gateway_probes_use_its_ports_paths_and_health_service():
             assert f'"{get["path"]}"' in source_text, f"the gateway serves no route {get['path']}"
 
 
+# --------------------------------------------------------------------------- network policies
+
+def _dns_peers_and_ports(policy: dict) -> tuple[list[dict], set[tuple[str, int]]]:
+    rule = policy["egress"][0]
+    return rule["to"], {(p["protocol"], p["port"]) for p in rule["ports"]}
+
+
 def test_network_policies_only_open_what_is_needed():
     for source in DEPLOYABLE:
         policies = {p["metadata"]["name"]: p["spec"] for p in objects(source, "NetworkPolicy")}
         deny = policies["default-deny-all"]
         assert deny["podSelector"] == {} and set(deny["policyTypes"]) == {"Ingress", "Egress"}
         assert "ingress" not in deny and "egress" not in deny
-        dns = policies["allow-dns-egress"]["egress"][0]
-        assert {(p["protocol"], p["port"]) for p in dns["ports"]} == {("UDP", 53), ("TCP", 53)}
         model_server = policies["model-server"]
         grpc_rule = [r for r in model_server["ingress"] if {"protocol": "TCP", "port": "grpc"} in r["ports"]]
         assert grpc_rule and grpc_rule[0]["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "gateway"}}}]
@@ -514,16 +792,55 @@ def test_network_policies_only_open_what_is_needed():
             assert rule.get("from"), f"{source}: an ingress rule open to every source"
 
 
+def test_dns_is_reachable_through_kube_dns_and_nodelocal_dnscache():
+    """NodeLocal DNSCache answers on 169.254.20.10 from the host network, which no pod selector
+    matches: a policy that only admits the kube-dns pods leaves such clusters without DNS."""
+    for source in DEPLOYABLE:
+        dns = one(source, "NetworkPolicy", "allow-dns-egress")["spec"]
+        assert dns["podSelector"] == {} and dns["policyTypes"] == ["Egress"]
+        peers, ports = _dns_peers_and_ports(dns)
+        assert ports == {("UDP", 53), ("TCP", 53)}
+        assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}} in peers
+        assert {"ipBlock": {"cidr": "169.254.20.10/32"}} in peers, f"{source}: NodeLocal DNSCache is blocked"
+
+
+def test_object_storage_component_opens_https_and_the_metadata_servers():
+    """Workload identity hands out tokens from the node's metadata server: without egress to it the
+    first read of a gs:// model hangs and fails, however open 443 is."""
+    source = "overlays/cpu+object-storage"
+    policy = one(source, "NetworkPolicy", "model-server-object-storage")["spec"]
+    assert policy["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "model-server"}}
+    opened = set()
+    for rule in policy["egress"]:
+        peers = [p["ipBlock"]["cidr"] for p in rule.get("to", [])] or ["*"]
+        opened |= {(peer, p["port"]) for peer in peers for p in rule["ports"] if p["protocol"] == "TCP"}
+    assert ("*", 443) in opened
+    assert {("169.254.169.254/32", 80), ("169.254.169.252/32", 988), ("169.254.170.23/32", 80)} <= opened
+
+
 # --------------------------------------------------------------------------- canary and load test
 
-def test_canary_is_a_second_track_behind_the_same_service():
-    canary = one("overlays/canary", "Deployment", "model-server-canary")
+@pytest.mark.parametrize("source, stable_source", [("overlays/canary", "overlays/cpu"),
+                                                   ("overlays/canary-gpu", "overlays/gpu")])
+def test_canary_is_one_pod_of_a_second_track_behind_the_same_service(source, stable_source):
+    canary = one(source, "Deployment", "model-server-canary")
     labels = canary["spec"]["template"]["metadata"]["labels"]
     assert labels["track"] == "canary" and canary["spec"]["selector"]["matchLabels"]["track"] == "canary"
     assert canary["spec"]["replicas"] == 1
-    stable = one("overlays/cpu", "Deployment", "model-server")
+    assert not objects(source, "HorizontalPodAutoscaler"), "the canary is a sample, not capacity"
+    stable = one(stable_source, "Deployment", "model-server")
     assert not _selects(stable["spec"]["selector"]["matchLabels"], labels), "stable would adopt canary pods"
-    assert _selects(one("overlays/cpu", "Service", "model-server")["spec"]["selector"], labels)
+    assert _selects(one(stable_source, "Service", "model-server")["spec"]["selector"], labels)
+    assert not _selects(one(stable_source, "HorizontalPodAutoscaler", "model-server")["spec"]["scaleTargetRef"], labels)
+    # The same pod as the stable track's but for the image and the track: same flags, probes,
+    # resources, GPU or not. A canary that differs in anything else compares more than the version.
+    ignore = {"image"}
+    c, s = pod_spec(canary)["containers"][0], pod_spec(stable)["containers"][0]
+    assert {k: v for k, v in c.items() if k not in ignore} == {k: v for k, v in s.items() if k not in ignore}, \
+        f"{source}'s model-server container differs from {stable_source}'s"
+    assert pod_spec(canary).get("tolerations") == pod_spec(stable).get("tolerations")
+    assert canary["spec"]["strategy"] == stable["spec"]["strategy"]
 
 
 def test_loadtest_runs_the_project_locustfile_against_the_gateway_service():
@@ -555,6 +872,48 @@ def test_loadtest_runs_the_project_locustfile_against_the_gateway_service():
     assert admits, "no NetworkPolicy lets the workers reach the gateway"
 
 
+# --------------------------------------------------------------------------- the docs
+
+# Repository paths named in the manifests' comments and the runbook (k8s-relative ones too).
+_PATH = re.compile(r"(?<![\w./-])((?:k8s|serving|gateway|tools|tests|loadtest|training|models|examples|docs|"
+                   r"base|overlays|components|monitoring)/[\w.*/-]*[\w*])")
+
+
+def test_every_file_the_manifests_and_runbook_name_exists():
+    """Comments and the runbook that point at a file that does not exist (the model-server HPA's
+    comment named one) send the on-call engineer nowhere."""
+    sources = [*K8S.rglob("*.yaml"), K8S / "README.md", *k8s_check.DOCKERFILES, ROOT / "serving" / "run.sh"]
+    missing = []
+    for path in sources:
+        for name in set(_PATH.findall(path.read_text())):
+            if "<" in name or name.startswith(("overlays/<", "models/fashion/")):
+                continue
+            candidates = [ROOT / name, K8S / name, path.parent / name]
+            if not any(c.exists() or (("*" in name) and list(c.parent.glob(c.name))) for c in candidates):
+                missing.append(f"{path.relative_to(ROOT)}: {name}")
+    assert not missing, "named but missing:\n" + "\n".join(missing)
+
+
+def test_docs_say_what_tf_serving_does():
+    readme = (K8S / "README.md").read_text()
+    texts = {p: p.read_text() for p in [K8S / "README.md", ROOT / "serving" / "Dockerfile", *K8S.rglob("*.yaml")]}
+    # TF Serving dropped its S3 filesystem in 2.7: only gs:// (and HDFS with libhdfs) remain native.
+    for path, text in texts.items():
+        for line in text.splitlines():
+            if "s3://" in line:
+                assert re.search(r"\bno s3://|\bnot\b|since 2\.7", line), f"{path.relative_to(ROOT)}: {line.strip()}"
+    # A full batch queue answers UNAVAILABLE ("... Rejecting"), never RESOURCE_EXHAUSTED.
+    section = readme.split("### ModelServerErrors", 1)[1].split("\n### ", 1)[0]
+    assert "UNAVAILABLE" in section and "RESOURCE_EXHAUSTED" not in section, section
+    rule = next(r for r in alert_rules() if r.get("alert") == "ModelServerErrors")
+    assert "RESOURCE_EXHAUSTED" not in rule["annotations"]["description"]
+    # Which versions a server serves is models.config's version policy, not "the highest".
+    policy = re.search(r"latest\s*\{\s*num_versions:\s*(\d+)", (ROOT / "serving" / "models.config").read_text())
+    assert policy and "serves the highest version" not in readme
+    count = {"1": "newest", "2": "two newest", "3": "three newest"}[policy.group(1)]
+    assert count in readme, f"k8s/README.md does not say that TF Serving serves the {count} versions"
+
+
 # --------------------------------------------------------------------------- monitoring
 
 TF_SERVING_METRICS = {
@@ -574,6 +933,20 @@ TF_SERVING_HISTOGRAMS = {":tensorflow:serving:request_latency", ":tensorflow:ser
                          ":tensorflow:serving:batching_session:processed_batch_size",
                          ":tensorflow:serving:batching_session:input_batch_size",
                          ":tensorflow:serving:model_warmup_latency"}
+# The fleet-aware gateway's metrics (gateway/metrics.py). Where the code defines one, its own
+# labels are used instead, so a difference between the two is caught there.
+GATEWAY_FLEET_METRICS = {
+    "gateway_endpoints": {"state"},
+    "gateway_endpoint_versions": {"endpoint", "model", "version"},
+    "gateway_model_version": {"model"},
+    "gateway_decisions_total": {"model", "version", "label", "confident"},
+    "gateway_requests_total": {"transport", "route", "model", "status", "version"},
+    "gateway_shadow_comparisons_total": {"model", "candidate_version", "top1", "decision"},
+    "gateway_shadow_score_delta_bucket": {"model", "candidate_version", "le"},
+    "gateway_shadow_score_delta_sum": {"model", "candidate_version"},
+    "gateway_shadow_score_delta_count": {"model", "candidate_version"},
+    "gateway_shadow_skipped_total": {"model", "reason"},
+}
 KUBE_STATE_METRICS = {
     "kube_pod_status_ready": {"namespace", "pod", "uid", "condition"},
     "kube_pod_container_status_restarts_total": {"namespace", "pod", "uid", "container"},
@@ -592,21 +965,22 @@ def known_metrics() -> dict[str, set[str] | None]:
 
     from gateway.metrics import Metrics
 
-    known: dict[str, set[str] | None] = {}
+    from_code: dict[str, set[str] | None] = {}
     gateway_metrics = Metrics()
     for family in gateway_metrics.registry.collect():     # process_*, python_* collectors
         for sample in family.samples:
-            known.setdefault(sample.name, set(sample.labels))
+            from_code.setdefault(sample.name, set(sample.labels))
     for metric in vars(gateway_metrics).values():
         if isinstance(metric, MetricWrapperBase):
             labels = set(metric._labelnames)
             if metric._type == "counter":
-                known[metric._name + "_total"] = labels
+                from_code[metric._name + "_total"] = labels
             elif metric._type == "histogram":
-                known.update({metric._name + "_bucket": labels | {"le"}, metric._name + "_sum": labels,
-                              metric._name + "_count": labels})
+                from_code.update({metric._name + "_bucket": labels | {"le"}, metric._name + "_sum": labels,
+                                  metric._name + "_count": labels})
             else:
-                known[metric._name] = labels
+                from_code[metric._name] = labels
+    known = {**GATEWAY_FLEET_METRICS, **from_code}
     for name, labels in TF_SERVING_METRICS.items():
         if name in TF_SERVING_HISTOGRAMS:
             known[name + "_bucket"] = None if labels is None else labels | {"le"}
@@ -617,39 +991,46 @@ def known_metrics() -> dict[str, set[str] | None]:
     return known
 
 
+def _children(node) -> Iterator:
+    for attr in ("lhs", "rhs", "expr", "vector_selector", "param"):
+        child = getattr(node, attr, None)
+        if child is not None:
+            yield child
+    yield from getattr(node, "args", None) or []
+
+
 def _selectors(node) -> Iterator:
     import promql_parser
 
     if isinstance(node, promql_parser.VectorSelector):
         yield node
-    for attr in ("lhs", "rhs", "expr", "vector_selector", "param"):
-        child = getattr(node, attr, None)
-        if child is not None:
-            yield from _selectors(child)
-    for child in getattr(node, "args", None) or []:
+    for child in _children(node):
         yield from _selectors(child)
 
 
+def _aggregations(node) -> Iterator:
+    if type(node).__name__ == "AggregateExpr":
+        yield node
+    for child in _children(node):
+        yield from _aggregations(child)
+
+
 def _grouping_labels(node) -> Iterator[str]:
-    modifier = getattr(node, "modifier", None)
-    labels = getattr(modifier, "labels", None)
-    if labels and type(node).__name__ == "AggregateExpr":
-        yield from labels
-    for attr in ("lhs", "rhs", "expr", "vector_selector", "param"):
-        child = getattr(node, attr, None)
-        if child is not None:
-            yield from _grouping_labels(child)
-    for child in getattr(node, "args", None) or []:
-        yield from _grouping_labels(child)
+    for aggregation in _aggregations(node):
+        yield from getattr(getattr(aggregation, "modifier", None), "labels", None) or []
 
 
-def assert_promql_uses_known_metrics(expr: str, where: str) -> None:
+def _parse(expr: str, where: str):
     import promql_parser
 
     try:
-        tree = promql_parser.parse(expr)
+        return promql_parser.parse(expr)
     except ValueError as exc:
         raise AssertionError(f"{where}: PromQL does not parse ({exc}): {expr}") from None
+
+
+def assert_promql_uses_known_metrics(expr: str, where: str) -> None:
+    tree = _parse(expr, where)
     known = known_metrics()
     selectors = list(_selectors(tree))
     assert selectors, f"{where}: queries no metric"
@@ -697,7 +1078,7 @@ def _anchor(heading: str) -> str:
 
 
 def test_queue_alert_threshold_follows_the_configured_queue_bound():
-    max_queue = yaml.safe_load(config_map("overlays/cpu", "gateway-config")["data"]["config.yaml"])["max_queue"]
+    max_queue = gateway_settings("overlays/cpu").max_queue
     rule = next(r for r in alert_rules() if r.get("alert") == "GatewayQueueSaturated")
     threshold = float(re.search(r">\s*([\d.]+)\s*$", rule["expr"].strip()).group(1))
     assert threshold == pytest.approx(0.8 * max_queue), f"alert at {threshold}, queue bound is {max_queue}"
@@ -716,12 +1097,44 @@ def test_pod_monitors_scrape_the_metrics_ports_and_paths():
                         one("overlays/cpu", "Deployment", deployment)["spec"]["template"]["metadata"]["labels"])
 
 
-def test_grafana_dashboard_queries_real_metrics():
+def test_a_default_kube_prometheus_stack_loads_the_monitors_and_rules():
+    """kube-prometheus-stack's Prometheus selects PodMonitors and PrometheusRules labelled
+    `release: <its Helm release>` unless told otherwise: without the label nothing is scraped (the
+    model-server HPA has no metric) and no alert exists."""
+    operator_objects = objects("monitoring", "PodMonitor") + objects("monitoring", "PrometheusRule")
+    assert len(operator_objects) >= 3
+    for obj in operator_objects:
+        assert obj["metadata"].get("labels", {}).get("release") == PROMETHEUS_RELEASE, \
+            f"{obj['kind']}/{obj['metadata']['name']} would be ignored by a default kube-prometheus-stack"
+
+
+def _dashboard_targets() -> list[tuple[str, str]]:
     dashboard = config_map("monitoring", "imgclass-dashboard")
     board = json.loads(dashboard["data"]["imgclass.json"])
     assert dashboard["metadata"]["labels"].get("grafana_dashboard") == "1"
-    targets = [t for p in board["panels"] for t in p.get("targets", [])]
+    return [(p["title"], t["expr"].replace("$__rate_interval", "5m").replace("$namespace", NAMESPACE))
+            for p in board["panels"] for t in p.get("targets", [])]
+
+
+def test_grafana_dashboard_queries_real_metrics():
+    targets = _dashboard_targets()
     assert len(targets) >= 10
-    for target in targets:
-        expr = target["expr"].replace("$__rate_interval", "5m").replace("$namespace", NAMESPACE)
-        assert_promql_uses_known_metrics(expr, f"dashboard panel {target.get('legendFormat', expr)}")
+    for title, expr in targets:
+        assert_promql_uses_known_metrics(expr, f"dashboard panel {title!r}")
+
+
+def test_dashboard_shows_version_skew_across_the_fleet():
+    """During a rollout or a pod canary the model servers serve different versions. max() of the
+    version shows only the newest and hides the skew; counting pods per version shows it."""
+    counted = False
+    for title, expr in _dashboard_targets():
+        tree = _parse(expr, title)
+        for aggregation in _aggregations(tree):
+            names = {s.name for s in _selectors(aggregation)}
+            op = str(aggregation.op).lower()
+            if "gateway_model_version" in names or "gateway_endpoint_versions" in names:
+                assert "max" not in op and "min" not in op, f"panel {title!r}: {expr} hides version skew"
+            grouping = getattr(aggregation.modifier, "labels", None) or []
+            if "count" in op and "version" in grouping and "gateway_endpoint_versions" in names:
+                counted = True
+    assert counted, "no dashboard panel counts model-server pods by version (count by (version) (gateway_endpoint_versions))"

