@@ -19,7 +19,7 @@ import pytest
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from imgclass_client import (ClassifierError, InvalidImage, NotFound, Overloaded, RetryPolicy, TooLarge, Unavailable)
+from imgclass_client import InvalidImage, NotFound, Overloaded, RetryPolicy, TooLarge, Unavailable
 from imgclass_client._wire import item_result
 from imgclass_client.errors import from_rest_body, from_rpc_error, parse_retry_after
 from imgclass_client.proto.classifier.v1 import classifier_pb2 as pb

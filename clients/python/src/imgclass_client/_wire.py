@@ -130,11 +130,38 @@ def ordered(results: Iterable[ItemResult]) -> List[ItemResult]:
 
 # -- batches and streams -------------------------------------------------------------------------
 
-def local_failures(expected: collections.deque) -> Iterator[ItemResult]:
-    """The images at the front of `expected` that were never sent (unreadable files)."""
-    while expected and expected[0][2] is not None:
-        index, id, error = expected.popleft()
-        yield ItemResult(index, id, error=error)
+class StreamOrder:
+    """Matches a stream's answers to its images. Answers come back in the order the requests went
+    out; an unreadable image is never sent and takes its place among the answers as its error."""
+
+    def __init__(self, images: Images, options: CallOptions):
+        self._images, self._options = images, options
+        self._expected: collections.deque = collections.deque()  # (index, id, local error or None)
+
+    def requests(self) -> Iterator[pb.ClassifyRequest]:
+        """The stream's requests, each image read as the stream asks for it."""
+        for index, id, source in numbered(self._images):
+            try:
+                image = read_image(source)
+            except ClassifierError as exc:
+                self._expected.append((index, id, exc))
+                continue
+            self._expected.append((index, id, None))
+            yield self._options.request(image)
+
+    def answer(self, response: pb.ClassifyResponse, request_id: str) -> List[ItemResult]:
+        """The next answer's result, after those of unreadable images before it."""
+        results = self.unsent()
+        index, id, _ = self._expected.popleft()
+        return [*results, item_result(index, id, response, request_id)]
+
+    def unsent(self) -> List[ItemResult]:
+        """The images at the front that were never sent (unreadable files)."""
+        results = []
+        while self._expected and self._expected[0][2] is not None:
+            index, id, error = self._expected.popleft()
+            results.append(ItemResult(index, id, error=error))
+        return results
 
 
 def readable(items: Iterable[Tuple[int, str, ImageSource]], results: Dict[int, ItemResult]

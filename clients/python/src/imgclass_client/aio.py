@@ -11,14 +11,13 @@ inside the event loop that uses it (grpc.aio channels belong to one loop).
 from __future__ import annotations
 
 import asyncio
-import collections
 from typing import Any, AsyncIterator, Dict, List, Optional, Tuple
 
 import grpc
 import grpc.aio
 
-from ._wire import (CallOptions, batch_answers, classification, item_result, local_failures, model_info, numbered,
-                    ordered, read_image, readable)
+from ._wire import (CallOptions, StreamOrder, batch_answers, classification, model_info, numbered, ordered, read_image,
+                    readable)
 from .channel import GrpcClientBase, request_id_of, rpc_error
 from .errors import ClassifierError
 from .proto.classifier.v1 import classifier_pb2 as pb
@@ -80,31 +79,17 @@ class AsyncClassifierClient(GrpcClientBase):
     async def stream(self, images: Images, *, model: str = "", top_k: int = 0, version: int = 0,
                      version_label: str = "", timeout: Optional[float] = None) -> AsyncIterator[ItemResult]:
         """ClassifyStream, as ClassifierClient.stream: `async for result in client.stream(images)`."""
-        options = CallOptions(model, top_k, version, version_label)
-        expected: collections.deque = collections.deque()
-
-        async def requests() -> AsyncIterator[pb.ClassifyRequest]:
-            for index, id, source in numbered(images):
-                try:
-                    image = await _read(source)
-                except ClassifierError as exc:
-                    expected.append((index, id, exc))
-                    continue
-                expected.append((index, id, None))
-                yield options.request(image)
-
-        call = self._rpc.classify_stream(requests(), timeout=timeout, metadata=self._metadata(None),
+        order = StreamOrder(images, CallOptions(model, top_k, version, version_label))
+        call = self._rpc.classify_stream(order.requests(), timeout=timeout, metadata=self._metadata(None),
                                          wait_for_ready=self._wait_for_ready)
         try:
             rid = ""
             async for response in call:
-                for failure in local_failures(expected):
-                    yield failure
-                index, id, _ = expected.popleft()
                 rid = rid or request_id_of(await call.initial_metadata())
-                yield item_result(index, id, response, rid)
-            for failure in local_failures(expected):
-                yield failure
+                for result in order.answer(response, rid):
+                    yield result
+            for result in order.unsent():
+                yield result
         except grpc.RpcError as exc:
             raise rpc_error(exc) from None
         finally:

@@ -11,14 +11,13 @@ image's own error in its ItemResult instead and raise only what fails the whole 
 
 from __future__ import annotations
 
-import collections
 import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import grpc
 
-from ._wire import (CallOptions, batch_answers, classification, in_threads, item_result, local_failures, model_info,
-                    numbered, ordered, read_image, readable)
+from ._wire import (CallOptions, StreamOrder, batch_answers, classification, in_threads, model_info, numbered, ordered,
+                    read_image, readable)
 from .channel import GrpcClientBase, request_id_of, rpc_error
 from .errors import ClassifierError
 from .proto.classifier.v1 import classifier_pb2 as pb
@@ -83,29 +82,15 @@ class ClassifierClient(GrpcClientBase):
 
         Images are read and sent as the stream asks for them. A stream is not retried: what fails
         the whole stream raises ClassifierError (classify_many retries each image instead)."""
-        options = CallOptions(model, top_k, version, version_label)
-        expected: collections.deque = collections.deque()  # (index, id, local error or None), in send order
-
-        def requests() -> Iterator[pb.ClassifyRequest]:
-            for index, id, source in numbered(images):
-                try:
-                    image = read_image(source)
-                except ClassifierError as exc:
-                    expected.append((index, id, exc))
-                    continue
-                expected.append((index, id, None))
-                yield options.request(image)
-
-        call = self._rpc.classify_stream(requests(), timeout=timeout, metadata=self._metadata(None),
+        order = StreamOrder(images, CallOptions(model, top_k, version, version_label))
+        call = self._rpc.classify_stream(order.requests(), timeout=timeout, metadata=self._metadata(None),
                                          wait_for_ready=self._wait_for_ready)
         try:
             rid = ""
             for response in call:
-                yield from local_failures(expected)
-                index, id, _ = expected.popleft()
                 rid = rid or request_id_of(call.initial_metadata())
-                yield item_result(index, id, response, rid)
-            yield from local_failures(expected)
+                yield from order.answer(response, rid)
+            yield from order.unsent()
         except grpc.RpcError as exc:
             raise rpc_error(exc) from None
         finally:
