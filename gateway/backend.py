@@ -1,14 +1,15 @@
-"""The model server client: TF Serving's gRPC API over one long-lived grpc.aio channel.
+"""One model server endpoint: TF Serving's gRPC API over one long-lived grpc.aio channel.
 
 Speaks `tensorflow.serving.PredictionService` (Predict, GetModelMetadata) and `ModelService`
 (GetModelStatus) through the gateway's wire subset, so TensorFlow is never imported. Every call
-carries a deadline, goes through the circuit breaker, and has its failures translated into the
-gateway's error kinds here, once; the model server's own error details go to the log, never to a
-client (they name internal addresses).
+carries a deadline, is counted in metrics, and has its failures translated into the gateway's
+error kinds here, once; the model server's own error details go to the log, never to a client
+(they name internal addresses). Which endpoint a call goes to, retries and health are the fleet's
+(gateway/fleet.py).
 
-What the gateway learns about a model comes from here too (CONTRACT §3): the input size and
-channels from the `serving_default` signature in GetModelMetadata, and the labels from the
-`classes` output of one Predict on a blank image.
+What the gateway learns about a model version comes from here too: the input size and channels
+from the `serving_default` signature in GetModelMetadata, and the labels from the `classes` output
+of one Predict on a blank image (README, "Models on disk").
 """
 
 from __future__ import annotations
@@ -22,9 +23,8 @@ import grpc
 
 from gateway import tensors
 from gateway.decode import InputSpec
-from gateway.errors import (DeadlineExceeded, GatewayError, InternalError, Overloaded, Unavailable)
+from gateway.errors import DeadlineExceeded, GatewayError, Overloaded, Unavailable
 from gateway.metrics import Metrics
-from gateway.resilience import CircuitBreaker, RetryBudget
 from gateway.wire import apis, apis_grpc
 
 log = logging.getLogger(__name__)
@@ -35,16 +35,16 @@ SCORES = "scores"
 CLASSES = "classes"
 AVAILABLE = "AVAILABLE"
 
-# Errors that say "the model server is not healthy" (they feed the circuit breaker). A
+# Errors that say "this model server is not healthy" (they count towards ejecting it). A
 # DEADLINE_EXCEEDED usually says the caller was impatient, so it does not count.
-_FAILURE_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
+FAILURE_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 # Reconnect quickly after the model server restarts (gRPC's default backoff grows to 120 s).
 _RECONNECT_BACKOFF_MS = (100, 1000)
 
 
 @dataclass(frozen=True)
 class Signature:
-    """The part of a model's `serving_default` signature the gateway needs."""
+    """The part of a model version's `serving_default` signature the gateway needs."""
 
     version: int
     input_name: str
@@ -52,14 +52,18 @@ class Signature:
 
 
 @dataclass(frozen=True)
-class ModelInfo:
-    """One served model version, as the gateway uses it: requests are pinned to `version`."""
+class ServedVersion:
+    """One model version as the gateway uses it: requests decoded for `input` go to `version`."""
 
     name: str
     version: int
     input_name: str
     input: InputSpec
     labels: tuple[str, ...]
+
+    def compatible(self, other: "ServedVersion") -> bool:
+        """Pixels decoded for `other` fit this version too."""
+        return (self.input_name, self.input) == (other.input_name, other.input)
 
 
 @dataclass(frozen=True)
@@ -73,123 +77,128 @@ class ModelNotServed(Unavailable):
 
 
 class VersionGone(Unavailable):
-    """The pinned version is no longer served: it was replaced by a newer one."""
+    """The model server no longer serves the version asked for (it was replaced by a newer one)."""
 
 
-class Backend:
-    """A client of one model server target (`HOST:PORT` or `dns:///name:port`, round-robin)."""
+class CallFailed(Unavailable):
+    """A call failed in a way that says the endpoint is unhealthy (UNAVAILABLE, INTERNAL, UNKNOWN)."""
 
-    def __init__(self, target: str, *, metrics: Metrics, circuit: CircuitBreaker, retry_budget: RetryBudget,
-                 call_timeout: float, keepalive_seconds: float, max_message_bytes: int,
-                 credentials: grpc.ChannelCredentials | None = None, tls_server_name: str | None = None):
-        """`credentials`: TLS to the model server (None: plaintext); `tls_server_name`: the name its
-        certificate is checked against when the target's host is not that name."""
+    def __init__(self, message: str, code: grpc.StatusCode):
+        super().__init__(message)
+        self.code = code
+
+
+def channel_options(max_message_bytes: int, keepalive_seconds: float, tls_server_name: str | None,
+                    round_robin: bool) -> list[tuple[str, object]]:
+    options: list[tuple[str, object]] = [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", int(keepalive_seconds * 1000)),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.enable_retries", 0),  # retries are the fleet's, with a budget
+        ("grpc.initial_reconnect_backoff_ms", _RECONNECT_BACKOFF_MS[0]),
+        ("grpc.min_reconnect_backoff_ms", _RECONNECT_BACKOFF_MS[0]),
+        ("grpc.max_reconnect_backoff_ms", _RECONNECT_BACKOFF_MS[1]),
+    ]
+    if round_robin:
+        options.append(("grpc.lb_policy_name", "round_robin"))
+    if tls_server_name:
+        options.append(("grpc.ssl_target_name_override", tls_server_name))
+    return options
+
+
+class Endpoint:
+    """A client of one model server (`address` is HOST:PORT, or a whole gRPC target in channel mode)."""
+
+    def __init__(self, address: str, *, metrics: Metrics, call_timeout: float, options: list,
+                 credentials: grpc.ChannelCredentials | None = None):
         # Must be built inside the running event loop: the aio channel binds to it.
-        self.target = target
+        self.address = address
+        self.inflight = 0        # Predict calls in flight now (the least loaded endpoint gets the next)
         self._metrics = metrics
-        self._circuit = circuit
-        self._budget = retry_budget
         self._call_timeout = call_timeout
-        options = [
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.keepalive_time_ms", int(keepalive_seconds * 1000)),
-            ("grpc.keepalive_timeout_ms", 10_000),
-            ("grpc.lb_policy_name", "round_robin"),
-            ("grpc.enable_retries", 0),  # retries are ours, with a budget
-            ("grpc.initial_reconnect_backoff_ms", _RECONNECT_BACKOFF_MS[0]),
-            ("grpc.min_reconnect_backoff_ms", _RECONNECT_BACKOFF_MS[0]),
-            ("grpc.max_reconnect_backoff_ms", _RECONNECT_BACKOFF_MS[1]),
-        ]
-        if tls_server_name:
-            options.append(("grpc.ssl_target_name_override", tls_server_name))
-        self._channel = (grpc.aio.insecure_channel(target, options=options) if credentials is None
-                         else grpc.aio.secure_channel(target, credentials, options=options))
+        self._channel = (grpc.aio.insecure_channel(address, options=options) if credentials is None
+                         else grpc.aio.secure_channel(address, credentials, options=options))
         self._predictions = apis_grpc.PredictionServiceStub(self._channel)
         self._models = apis_grpc.ModelServiceStub(self._channel)
 
-    async def close(self) -> None:
-        await self._channel.close()
+    async def close(self, grace: float | None = None) -> None:
+        """Close the channel; with `grace`, calls in flight get that long to finish first."""
+        await self._channel.close(grace)
 
     # -- what the gateway asks -------------------------------------------------------------
 
     async def model_status(self, name: str) -> list[VersionState]:
-        """Versions and states. Not held back by an open circuit: the registry's periodic status
-        check is what notices a recovered model server, and its success closes the circuit."""
         response = await self._call("GetModelStatus", self._models.GetModelStatus, status_request(name), name,
-                                    probe=True)
+                                    quiet=True)
         return parse_status(response)
 
     async def signature(self, name: str, version: int) -> Signature:
         response = await self._call("GetModelMetadata", self._predictions.GetModelMetadata,
-                                    metadata_request(name, version), name)
+                                    metadata_request(name, version), name, pinned=True)
         return parse_signature(name, response)
 
     async def labels(self, name: str, signature: Signature) -> tuple[str, ...]:
-        """The model's labels: the `classes` output of one Predict on a blank image."""
+        """The version's labels: the `classes` output of one Predict on a blank image."""
         spec = signature.input
         request = predict_request(name, signature.version, signature.input_name, bytes(spec.nbytes), 1, spec, CLASSES)
-        response = await self._call("Predict", self._predictions.Predict, request, name)
+        response = await self._call("Predict", self._predictions.Predict, request, name, pinned=True)
         try:
             return parse_labels(response)
         except (KeyError, ValueError) as exc:
             raise Unavailable(f"model {name} version {signature.version} has no usable `{CLASSES}` "
                               f"output: {exc}") from None
 
-    async def predict(self, info: ModelInfo, pixels: bytes, count: int, deadline: float) -> list[list[float]]:
+    async def describe(self, name: str, version: int) -> ServedVersion:
+        """Input and labels of one version, asked of this endpoint."""
+        signature = await self.signature(name, version)
+        labels = await self.labels(name, signature)
+        return ServedVersion(name, signature.version, signature.input_name, signature.input, labels)
+
+    async def predict(self, info: ServedVersion, pixels: bytes, count: int, deadline: float) -> list[list[float]]:
         """Scores for `count` images (`pixels` holds them back to back), one row per image."""
         request = predict_request(info.name, info.version, info.input_name, pixels, count, info.input, SCORES)
-        response = await self._call("Predict", self._predictions.Predict, request, info.name,
-                                    deadline=deadline, retry=True, pinned=True)
+        self.inflight += 1
+        try:
+            response = await self._call("Predict", self._predictions.Predict, request, info.name,
+                                        deadline=deadline, pinned=True)
+        finally:
+            self.inflight -= 1
         try:
             return parse_scores(response, count, len(info.labels))
         except (KeyError, ValueError) as exc:
             log.error("model %s version %s answered unusable scores: %s", info.name, info.version, exc)
-            raise InternalError(f"the model server's answer for model {info.name} was unusable") from None
+            raise CallFailed(f"the model server's answer for model {info.name} was unusable",
+                             grpc.StatusCode.INTERNAL) from None
 
-    # -- one call, with deadline, circuit breaker, retry budget and error translation -------
+    # -- one call, with deadline, metrics and error translation -----------------------------
 
     async def _call(self, method: str, rpc, request, model: str, *, deadline: float | None = None,
-                    retry: bool = False, pinned: bool = False, probe: bool = False):
+                    pinned: bool = False, quiet: bool = False):
         loop = asyncio.get_running_loop()
         if deadline is None:
             deadline = loop.time() + self._call_timeout
-        self._budget.earn()
-        while True:
-            timeout = deadline - loop.time()
-            if timeout <= 0:
-                raise DeadlineExceeded("the deadline passed before the model server answered")
-            if not probe and not self._circuit.allow():
-                raise Unavailable(f"the model server is failing; retry in {self._circuit.retry_after():.1f} s")
-            started = time.perf_counter()
-            self._metrics.backend_inflight.inc()
-            try:
-                response = await rpc(request, timeout=timeout)
-            except asyncio.CancelledError:
-                # Whoever waited for this call gave up (deadline, client gone, shutdown): cancelling
-                # the await cancels the RPC on the wire too, so the model server can drop it.
-                self._record(method, "CANCELLED", started)
-                raise
-            except grpc.aio.AioRpcError as err:
-                code = err.code()
-                self._record(method, code.name, started)
-                if code in _FAILURE_CODES:
-                    self._circuit.record_failure()
-                else:
-                    self._circuit.record_success()
-                if (retry and code is grpc.StatusCode.UNAVAILABLE and deadline - loop.time() > 0
-                        and self._budget.spend()):
-                    self._metrics.backend_retries.labels(method).inc()
-                    log.info("retrying %s for model %s after UNAVAILABLE", method, model)
-                    continue
-                log.log(logging.DEBUG if probe else logging.WARNING, "model server %s: %s for model %s: %s: %s",
-                        self.target, method, model, code.name, err.details())
-                raise self._translate(err, model, pinned) from None
-            finally:
-                self._metrics.backend_inflight.dec()
-            self._record(method, "OK", started)
-            self._circuit.record_success()
-            return response
+        timeout = deadline - loop.time()
+        if timeout <= 0:
+            raise DeadlineExceeded("the deadline passed before the model server answered")
+        started = time.perf_counter()
+        self._metrics.backend_inflight.inc()
+        try:
+            response = await rpc(request, timeout=timeout)
+        except asyncio.CancelledError:
+            # Whoever waited for this call gave up (deadline, client gone, shutdown): cancelling
+            # the await cancels the RPC on the wire too, so the model server can drop it.
+            self._record(method, "CANCELLED", started)
+            raise
+        except grpc.aio.AioRpcError as err:
+            self._record(method, err.code().name, started)
+            log.log(logging.DEBUG if quiet else logging.WARNING, "model server %s: %s for model %s: %s: %s",
+                    self.address, method, model, err.code().name, err.details())
+            raise self._translate(err, model, pinned) from None
+        finally:
+            self._metrics.backend_inflight.dec()
+        self._record(method, "OK", started)
+        return response
 
     def _record(self, method: str, code: str, started: float) -> None:
         self._metrics.backend_requests.labels(method, code).inc()
@@ -205,10 +214,11 @@ class Backend:
             return Overloaded("the model server is overloaded; retry later")
         if code is grpc.StatusCode.NOT_FOUND:
             if pinned:
-                return VersionGone(f"the version of model {model} in use was replaced; retry")
+                return VersionGone(f"the model server no longer serves that version of model {model}")
             return ModelNotServed(f"model {model} is not loaded on the model server")
-        if code is grpc.StatusCode.UNAVAILABLE:
-            return Unavailable("the model server is unavailable")
+        if code in FAILURE_CODES:
+            return CallFailed("the model server is unavailable" if code is grpc.StatusCode.UNAVAILABLE
+                              else f"the model server failed the request ({code.name})", code)
         return Unavailable(f"the model server failed the request ({code.name})")
 
 

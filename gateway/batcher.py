@@ -70,14 +70,17 @@ class MicroBatcher(Generic[R]):
         self._queue: collections.deque[_Item] = collections.deque()
         self._arrived = asyncio.Event()    # the queue is not empty
         self._full = asyncio.Event()       # a whole batch is waiting
-        self._slots = asyncio.Semaphore(max_concurrent)
+        self.max_concurrent = max_concurrent
+        self._inflight = 0                 # batches being sent
+        self._slot_free = asyncio.Event()
         self._worker: asyncio.Task | None = None
         self._sending: set[asyncio.Task] = set()
         self._closed = False
 
-    @property
-    def depth(self) -> int:
-        return len(self._queue)
+    def set_capacity(self, max_concurrent: int) -> None:
+        """Change how many batches may be in flight at once (the fleet grew or shrank)."""
+        self.max_concurrent = max(1, max_concurrent)
+        self._slot_free.set()
 
     async def submit(self, key: Hashable, payload: Any, deadline: float) -> BatchResult[R]:
         """Queue one item and wait for its row (cancelling the wait drops it from its batch)."""
@@ -123,12 +126,11 @@ class MicroBatcher(Generic[R]):
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await self._slots.acquire()
-            try:
-                batch = await self._collect(loop)
-            except BaseException:
-                self._slots.release()
-                raise
+            while self._inflight >= self.max_concurrent:
+                self._slot_free.clear()
+                await self._slot_free.wait()
+            batch = await self._collect(loop)
+            self._inflight += 1
             # The backend call runs in its oldest caller's context, so a trace started by that
             # request continues into the Predict that answers it.
             task = loop.create_task(self._send_batch(batch, loop), context=batch[0].context.copy())
@@ -204,7 +206,8 @@ class MicroBatcher(Generic[R]):
                 if not item.future.done():
                     item.future.set_result(BatchResult(row, started - item.enqueued, predict, len(batch)))
         finally:
-            self._slots.release()
+            self._inflight -= 1
+            self._slot_free.set()
 
     @staticmethod
     def _fail(batch: list[_Item], exc: GatewayError) -> None:

@@ -1,7 +1,7 @@
 """Conversions between the core's results and the wire: classifier.v1 protos and REST JSON.
 
 One place, so the gRPC answer and the REST answer for the same image are the same answer: the JSON
-has the field names of the proto (CONTRACT §5) and its scores are the float32 values the proto
+has the field names of the proto (README, "API") and its scores are the float32 values the proto
 carries.
 """
 
@@ -19,8 +19,9 @@ def _f32(value: float) -> float:
     return struct.unpack("<f", struct.pack("<f", value))[0]
 
 
-def input_from_proto(request: pb.ClassifyRequest) -> ClassifyInput:
-    return ClassifyInput(model=request.model, image=request.image, top_k=request.top_k)
+def input_from_proto(request: pb.ClassifyRequest, route_key: str | None = None) -> ClassifyInput:
+    return ClassifyInput(model=request.model, image=request.image, top_k=request.top_k, version=request.version,
+                         version_label=request.version_label, route_key=route_key)
 
 
 def classification_to_proto(result: Classification) -> pb.ClassifyResponse:

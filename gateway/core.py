@@ -3,7 +3,9 @@
 The gRPC servicer and the REST routes are thin adapters over `ClassifierService`; everything that
 decides an answer happens here, in explicit stages, each timed:
 
-    decode (Pillow, bounded pool)  ->  queue_wait + predict (micro-batched Predict)  ->  decide (thresholds)
+    route (gateway/registry.py: which model version)  ->  decode (Pillow, bounded pool, for that
+    version's input)  ->  queue_wait + predict (micro-batched Predict to a model server endpoint
+    serving that version)  ->  decide (thresholds)  [->  a shadow copy, in the background]
 
 Deadlines are absolute times on the event loop's clock; when one passes, the work for the request
 is cancelled (including its place in a batch) and DEADLINE_EXCEEDED is raised.
@@ -12,25 +14,33 @@ is cancelled (including its place in a batch) and DEADLINE_EXCEEDED is raised.
 from __future__ import annotations
 
 import asyncio
+import collections
+import functools
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Hashable, Sequence
 
-from gateway.backend import Backend, ModelInfo, VersionGone
+from gateway.backend import ServedVersion, VersionGone
 from gateway.batcher import MicroBatcher
 from gateway.decode import Decoder, parse_colour
 from gateway.errors import DeadlineExceeded, GatewayError, InvalidArgument, TooLarge
+from gateway.fleet import Fleet
 from gateway.metrics import Metrics
 from gateway.registry import ModelRegistry
+from gateway.routing import VersionRequest
 from gateway.settings import Settings
+from gateway.shadow import Shadow
 from gateway.thresholds import Decision, decide
 
 
 @dataclass(frozen=True)
 class ClassifyInput:
-    model: str        # "" means the default model
+    model: str              # "" means the default model
     image: bytes
-    top_k: int = 0    # 0 means the configured default
+    top_k: int = 0          # 0 means the configured default
+    version: int = 0        # 0 means the gateway's choice
+    version_label: str = ""  # a label of the model's settings, or "" for none
+    route_key: str | None = None  # keeps a caller on the same side of a canary split (x-canary-key, API key)
 
 
 @dataclass(frozen=True)
@@ -57,31 +67,37 @@ class ModelStatus:
 
 
 class ClassifierService:
-    def __init__(self, settings: Settings, backend: Backend, registry: ModelRegistry,
+    def __init__(self, settings: Settings, fleet: Fleet, registry: ModelRegistry,
                  decoder: Decoder, metrics: Metrics):
         self._settings = settings
-        self._backend = backend
+        self._fleet = fleet
         self._registry = registry
         self._decoder = decoder
         self._metrics = metrics
         self._batchers = {name: self._make_batcher(name) for name in registry.names}
-        self._backgrounds = {name: parse_colour(settings.model_settings(name).alpha_background)
-                             for name in registry.names}
+        self._shadow = Shadow(settings, fleet, decoder, metrics, registry.names)
+        self._outstanding = {name: collections.Counter() for name in registry.names}  # version -> images
+        fleet.add_listener(self._resize)
 
     def _make_batcher(self, name: str) -> MicroBatcher:
         s = self._settings
         return MicroBatcher(
-            name, self._predict, max_batch_size=s.max_batch_size, max_wait=s.max_wait_ms / 1000.0,
-            max_queue=s.max_queue, max_concurrent=s.max_concurrent_batches,
+            name, functools.partial(self._predict, name), max_batch_size=s.max_batch_size,
+            max_wait=s.max_wait_ms / 1000.0, max_queue=s.max_queue, max_concurrent=s.max_concurrent_batches,
             on_queue_depth=self._metrics.queue_depth.labels(name).set,
             on_batch=self._metrics.batch_size.labels(name).observe,
         )
+
+    def _resize(self) -> None:
+        """Batches in flight per model: max_concurrent_batches for each endpoint serving it."""
+        for name, batcher in self._batchers.items():
+            batcher.set_capacity(self._settings.max_concurrent_batches * max(1, len(self._fleet.served(name))))
 
     # -- what the transports call -----------------------------------------------------------
 
     def readiness(self) -> Readiness:
         return Readiness(self._registry.ready, self._registry.draining,
-                         {e.name: e.state for e in self._registry.entries()})
+                         {name: self._registry.state(name) for name in self._registry.names})
 
     def resolve_model(self, model: str) -> str:
         """The model a request means ("" = the default); ModelNotFound for one not fronted here."""
@@ -100,7 +116,7 @@ class ClassifierService:
         top_k = self._top_k(request.top_k)
         try:
             async with asyncio.timeout_at(deadline):
-                return await self._classify(name, request.image, top_k, deadline)
+                return await self._classify(name, request, top_k, deadline)
         except TimeoutError:
             raise DeadlineExceeded("the deadline passed before the image was classified") from None
 
@@ -118,13 +134,18 @@ class ClassifierService:
 
     async def list_models(self) -> list[ModelStatus]:
         out = []
-        for entry in self._registry.entries():
-            info = entry.info
-            out.append(ModelStatus(entry.name, info.version if info else 0,
-                                   info.labels if info else (), entry.state))
+        for name in self._registry.names:
+            info, _ = self._registry.current(name)
+            out.append(ModelStatus(name, info.version if info else 0, info.labels if info else (),
+                                   self._registry.state(name)))
         return out
 
+    def fleet(self) -> dict:
+        """The model servers and what each serves, with every model's routing (GET /v1/fleet)."""
+        return self._registry.fleet_view()
+
     async def close(self) -> None:
+        await self._shadow.close()
         await asyncio.gather(*(b.close() for b in self._batchers.values()))
 
     # -- the stages --------------------------------------------------------------------------
@@ -140,39 +161,62 @@ class ClassifierService:
             raise InvalidArgument(f"top_k must be 0 (the default, {self._settings.default_top_k}) or more, not {top_k}")
         return top_k or self._settings.default_top_k
 
-    async def _classify(self, name: str, image: bytes, top_k: int, deadline: float) -> Classification:
-        info = await self._registry.info(name)
-        entry = self._registry.entry(name)
+    async def _classify(self, name: str, request: ClassifyInput, top_k: int, deadline: float) -> Classification:
+        outstanding = self._outstanding[name]
+        plan = await self._registry.plan(name, VersionRequest(request.version, request.version_label, request.route_key),
+                                         outstanding.__getitem__)
+        info = plan.primary
+        settings = self._registry.entry(name).settings
+        background = _colour(settings.alpha_background)
         stages: dict[str, float] = {}
 
-        started = time.perf_counter()
-        pixels = await self._decoder.decode(image, info.input, self._backgrounds[name])
-        stages["decode"] = time.perf_counter() - started
-
-        result = await self._batchers[name].submit(info, pixels, deadline)
+        outstanding[info.version] += 1
+        try:
+            started = time.perf_counter()
+            pixels = await self._decoder.decode(request.image, info.input, background)
+            stages["decode"] = time.perf_counter() - started
+            result = await self._batchers[name].submit((info.version, plan.route.strict), pixels, deadline)
+        finally:
+            outstanding[info.version] -= 1
         used, scores = result.value
         stages["queue_wait"], stages["predict"] = result.queue_wait, result.predict
 
         started = time.perf_counter()
-        decision = decide(used.labels, scores, entry.settings.thresholds, entry.settings.uncertain_label, top_k)
+        decision = decide(used.labels, scores, settings.thresholds, settings.uncertain_label, top_k)
         stages["decide"] = time.perf_counter() - started
 
         self._metrics.observe_stages(name, stages)
-        self._metrics.decisions.labels(name, decision.label, str(decision.confident).lower()).inc()
+        self._metrics.decisions.labels(name, str(used.version), decision.label, str(decision.confident).lower()).inc()
+        if plan.shadow is not None and plan.shadow.version != used.version:
+            self._shadow.offer(plan.shadow, used, request.image, pixels, decision, settings, background)
         return Classification(name, used.version, decision, stages)
 
-    async def _predict(self, info: ModelInfo, payloads: list[bytes], deadline: float) -> list[tuple[ModelInfo, list[float]]]:
-        """The batcher's send: one Predict for the batch; on a version swap, once more on the new one."""
+    async def _predict(self, name: str, key: Hashable, payloads: list[bytes],
+                       deadline: float) -> list[tuple[ServedVersion, list[float]]]:
+        """The batcher's send: one Predict for the batch, to an endpoint serving its version. When no
+        endpoint serves it any more (a rollout moved on), default traffic goes once more to the
+        version default traffic uses now; a request that named its version does not."""
+        version, strict = key
+        info = self._fleet.info(name, version)
         pixels = b"".join(payloads)
         try:
-            rows = await self._backend.predict(info, pixels, len(payloads), deadline)
+            used, rows = await self._fleet.predict(info, pixels, len(payloads), deadline)
         except VersionGone:
-            fresh = (await self._registry.refresh(info.name)).info
-            if fresh is None or fresh.version == info.version or (fresh.input_name, fresh.input) != (info.input_name, info.input):
+            if strict:
                 raise
-            info = fresh
-            rows = await self._backend.predict(info, pixels, len(payloads), deadline)
-        return [(info, row) for row in rows]
+            fresh = self._registry.replacement(info)
+            if fresh is None:  # what replaced it may not have been seen yet: look now
+                await self._fleet.fresh(0.0)
+                fresh = self._registry.replacement(info)
+            if fresh is None:
+                raise
+            used, rows = await self._fleet.predict(fresh, pixels, len(payloads), deadline)
+        return [(used, row) for row in rows]
+
+
+@functools.lru_cache(maxsize=64)
+def _colour(name: str) -> tuple[int, int, int]:
+    return parse_colour(name)
 
 
 def _first(errors: BaseExceptionGroup) -> BaseException:

@@ -30,13 +30,14 @@ from classifier.v1 import classifier_pb2 as pb
 from classifier.v1 import classifier_pb2_grpc as pb_grpc
 
 from gateway import converters
-from gateway.auth import ApiKeyAuth
+from gateway.auth import AUTHORIZATION, ApiKeyAuth
 from gateway.core import ClassifierService, ClassifyInput
 from gateway.errors import GatewayError, as_gateway_error
 from gateway.grpc_interceptors import AuthInterceptor, MessageGuard
 from gateway.logs import REQUEST_ID_HEADER, RequestRecord, finish_request, request_id
 from gateway.metrics import Metrics
 from gateway.registry import ModelRegistry
+from gateway.routing import CANARY_KEY_HEADER, route_key
 from gateway.settings import Settings
 from gateway.tls import grpc_server_credentials
 
@@ -57,14 +58,14 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
             record.model = self._service.resolve_model(request.model)
             record.images = 1
             deadline = self._service.deadline(context.time_remaining())
-            result = await self._service.classify(converters.input_from_proto(request), deadline)
+            result = await self._service.classify(converters.input_from_proto(request, record.route_key), deadline)
             record.version = result.version
             record.add_stages(result.stages)
             return converters.classification_to_proto(result)
 
     async def ClassifyBatch(self, request: pb.ClassifyBatchRequest, context) -> pb.ClassifyBatchResponse:
         async with self._call(context, "ClassifyBatch") as record:
-            inputs = [converters.input_from_proto(r) for r in request.requests]
+            inputs = [converters.input_from_proto(r, record.route_key) for r in request.requests]
             record.images = len(inputs)
             deadline = self._service.deadline(context.time_remaining())
             results = await self._service.classify_many(inputs, deadline)
@@ -95,7 +96,7 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
                         broken = GatewayError(f"stream message {index}: {exc.message}", exc.kind)
                         break
                     pending.append(asyncio.create_task(
-                        self._stream_item(index, converters.input_from_proto(request), context)))
+                        self._stream_item(index, converters.input_from_proto(request, record.route_key), context)))
                     index += 1
                     while pending and (len(pending) >= self._stream_window or pending[0].done()):
                         yield self._stream_answer(record, await pending.popleft())
@@ -132,7 +133,8 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
     async def _call(self, context: grpc.aio.ServicerContext, method: str):
         """Request id, in-flight gauge, error translation, one metrics sample + log line."""
         metadata = dict(context.invocation_metadata() or ())
-        record = RequestRecord(request_id(metadata.get(REQUEST_ID_HEADER)), "grpc", method)
+        record = RequestRecord(request_id(metadata.get(REQUEST_ID_HEADER)), "grpc", method,
+                               route_key=route_key(metadata.get(CANARY_KEY_HEADER), metadata.get(AUTHORIZATION)))
         id_metadata = ((REQUEST_ID_HEADER, record.request_id),)
         await context.send_initial_metadata(id_metadata)
         self._metrics.inflight.labels("grpc").inc()

@@ -81,6 +81,7 @@ class RequestRecord:
     status: str = "OK"      # gRPC: the status code name; HTTP: the status code
     images: int = 0
     stages: dict[str, float] = field(default_factory=dict)
+    route_key: str | None = field(default=None, repr=False)  # routing.route_key(); never logged
     started: float = field(default_factory=time.perf_counter)
     seconds: float = 0.0
 
@@ -95,7 +96,8 @@ def finish_request(record: RequestRecord, metrics: Metrics) -> None:
     (Per-stage histograms are observed per image by the core, where the stages happen.)
     """
     record.seconds = time.perf_counter() - record.started
-    metrics.observe_request(record.transport, record.route, record.model, record.status, record.seconds)
+    metrics.observe_request(record.transport, record.route, record.model, record.version, record.status,
+                            record.seconds)
     fields = {
         "event": "request", "request_id": record.request_id, "transport": record.transport,
         "route": record.route, "model": record.model, "version": record.version,

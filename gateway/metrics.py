@@ -1,4 +1,4 @@
-"""Prometheus metrics of the gateway, served at GET /metrics (issue 9's list).
+"""Prometheus metrics of the gateway, served at GET /metrics (listed in README, "Observability").
 
 One `Metrics` object per process, holding its own registry (so tests and embedded uses never
 collide in the client library's global one). Label values are bounded: model labels are only
@@ -15,6 +15,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.
                    1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 STAGES = ("decode", "queue_wait", "predict", "decide")
+DELTA_BUCKETS = (0.0001, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
 class Metrics:
@@ -25,8 +26,8 @@ class Metrics:
         PlatformCollector(registry=r)
 
         self.requests = Counter(
-            "gateway_requests", "Requests answered, by transport, route or RPC, model and status "
-            "(gRPC code name)", ["transport", "route", "model", "status"], registry=r)
+            "gateway_requests", "Requests answered, by transport, route or RPC, model, model version (0: none) "
+            "and status (gRPC code name)", ["transport", "route", "model", "version", "status"], registry=r)
         self.request_seconds = Histogram(
             "gateway_request_duration_seconds", "Time to answer a request",
             ["transport", "route", "model"], buckets=LATENCY_BUCKETS, registry=r)
@@ -39,8 +40,8 @@ class Metrics:
         self.batch_size = Histogram("gateway_batch_size", "Images per Predict call to the model server",
                                     ["model"], buckets=BATCH_BUCKETS, registry=r)
         self.queue_depth = Gauge("gateway_queue_depth", "Images waiting for a batch", ["model"], registry=r)
-        self.decisions = Counter("gateway_decisions", "Decisions by label (including the uncertain one)",
-                                 ["model", "label", "confident"], registry=r)
+        self.decisions = Counter("gateway_decisions", "Decisions by model version and label (including the "
+                                 "uncertain one)", ["model", "version", "label", "confident"], registry=r)
         self.backend_requests = Counter(
             "gateway_backend_requests", "Calls to the model server by method and gRPC code (CANCELLED: "
             "every caller gave up - deadline, client gone, shutdown - and the call was cancelled)",
@@ -54,21 +55,61 @@ class Metrics:
         self.backend_retries = Counter("gateway_backend_retries", "Retried calls to the model server",
                                        ["method"], registry=r)
         self.circuit_state = Gauge("gateway_circuit_state",
-                                   "Circuit breaker towards the model server: 0 closed, 1 open, 2 half-open",
-                                   registry=r)
+                                   "The gateway's circuit towards the model servers: 0 closed, 1 open (every "
+                                   "endpoint is ejected: requests fail fast)", registry=r)
+        self.endpoints = Gauge("gateway_endpoints", "Model server endpoints by state (healthy, ejected)",
+                               ["state"], registry=r)
+        self.endpoint_versions = Gauge(
+            "gateway_endpoint_versions", "1 for each model version a healthy model server endpoint serves "
+            "(count by (version) shows the version skew of the fleet)", ["endpoint", "model", "version"], registry=r)
+        self.endpoint_images = Counter("gateway_endpoint_images", "Images answered by each model server endpoint",
+                                       ["endpoint", "model", "version"], registry=r)
         self.model_available = Gauge("gateway_model_available",
-                                     "1 when the model server reports the model AVAILABLE", ["model"], registry=r)
-        self.model_version = Gauge("gateway_model_version", "Model version the gateway sends requests to",
-                                   ["model"], registry=r)
+                                     "1 when a model server serves a version of the model the gateway can use",
+                                     ["model"], registry=r)
+        self.model_version = Gauge("gateway_model_version", "Model version default traffic goes to (0: none, or each "
+                                   "endpoint its newest while no version is served by all)", ["model"], registry=r)
+        self.shadow_comparisons = Counter(
+            "gateway_shadow_comparisons", "Shadow answers compared with the answer the caller got: same or "
+            "different top-1 label and decision (label and confident)",
+            ["model", "candidate_version", "top1", "decision"], registry=r)
+        self.shadow_score_delta = Histogram(
+            "gateway_shadow_score_delta", "Absolute difference between the shadow's and the answer's score for "
+            "the answer's top-1 label", ["model", "candidate_version"], buckets=DELTA_BUCKETS, registry=r)
+        self.shadow_skipped = Counter("gateway_shadow_skipped", "Shadow copies not sent or not compared, by reason "
+                                      "(busy, unavailable, failed, input)", ["model", "reason"], registry=r)
         self.ready = Gauge("gateway_ready", "1 when /readyz answers 200", registry=r)
+        self._endpoint_versions: set[tuple[str, str, str]] = set()
+        self._endpoint_image_labels: set[tuple[str, str, str]] = set()
 
-    def observe_request(self, transport: str, route: str, model: str, status: str, seconds: float) -> None:
-        self.requests.labels(transport, route, model, status).inc()
+    def observe_request(self, transport: str, route: str, model: str, version: int, status: str,
+                        seconds: float) -> None:
+        self.requests.labels(transport, route, model, str(version), status).inc()
         self.request_seconds.labels(transport, route, model).observe(seconds)
 
     def observe_stages(self, model: str, stages: dict[str, float]) -> None:
         for stage, seconds in stages.items():
             self.stage_seconds.labels(stage, model).observe(seconds)
+
+    def set_endpoint_versions(self, served: set[tuple[str, str, int]]) -> None:
+        """`gateway_endpoint_versions` = 1 for each (endpoint, model, version) served; others removed."""
+        wanted = {(e, m, str(v)) for e, m, v in served}
+        for labels in self._endpoint_versions - wanted:
+            self.endpoint_versions.remove(*labels)
+        for labels in wanted - self._endpoint_versions:
+            self.endpoint_versions.labels(*labels).set(1)
+        self._endpoint_versions = wanted
+
+    def count_endpoint_images(self, address: str, model: str, version: int, images: int) -> None:
+        labels = (address, model, str(version))
+        self._endpoint_image_labels.add(labels)
+        self.endpoint_images.labels(*labels).inc(images)
+
+    def forget_endpoint(self, address: str) -> None:
+        """Drop the series of an endpoint that left the fleet (label values stay bounded)."""
+        for labels in [labels for labels in self._endpoint_image_labels if labels[0] == address]:
+            self._endpoint_image_labels.discard(labels)
+            self.endpoint_images.remove(*labels)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,9 +1,12 @@
-"""Protection for the model server and for the gateway's callers: a circuit breaker and a retry budget.
+"""Protection for the model servers and for the gateway's callers: endpoint health and a retry budget.
 
-The circuit breaker turns a model server that keeps failing into an immediate UNAVAILABLE instead
-of a pile of calls each waiting for its own timeout, and stops the gateway from hammering a server
-that is restarting. After `open_seconds` one trial call goes through (half-open); its outcome
-closes or re-opens the circuit.
+`EndpointHealth` is one model server endpoint's circuit: it ejects the endpoint after
+`failure_threshold` consecutive failed calls, or at once when the endpoint does not answer its
+status check, so requests go to the others instead of each waiting for its own timeout. The
+periodic status check (gateway/fleet.py) is the probe that lets it back: an endpoint ejected as
+unreachable returns at its first good check; one ejected for failing calls while reachable (a
+broken model, say) returns at the first good check after `eject_seconds`. With every endpoint
+ejected, the gateway's circuit is open: requests fail fast with UNAVAILABLE.
 
 The retry budget lets failed idempotent calls (Predict) be retried without multiplying load when
 everything fails: each call earns `percent/100` of a retry, and a retry spends one.
@@ -11,67 +14,68 @@ everything fails: each call earns `percent/100` of a retry, and a retry spends o
 
 from __future__ import annotations
 
-import enum
 import time
 from typing import Callable
 
 
-class CircuitState(enum.IntEnum):
-    """Values of the `gateway_circuit_state` gauge."""
+class EndpointHealth:
+    HEALTHY = "healthy"
+    EJECTED = "ejected"
 
-    CLOSED = 0
-    OPEN = 1
-    HALF_OPEN = 2
-
-
-class CircuitBreaker:
-    def __init__(self, failure_threshold: int, open_seconds: float,
-                 on_change: Callable[[CircuitState], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(self, failure_threshold: int, eject_seconds: float, clock: Callable[[], float] = time.monotonic):
         self.failure_threshold = failure_threshold
-        self.open_seconds = open_seconds
-        self._on_change = on_change
+        self.eject_seconds = eject_seconds
         self._clock = clock
-        self._state = CircuitState.CLOSED
-        self._failures = 0
-        self._since = clock()  # when the current state (or the current trial call) began
+        self.failures = 0            # consecutive failed calls
+        self.ejected_at: float | None = None
+        self.reason: str | None = None   # why it is out: "unreachable" or "failing"
 
     @property
-    def state(self) -> CircuitState:
-        return self._state
+    def healthy(self) -> bool:
+        return self.ejected_at is None
 
-    def allow(self) -> bool:
-        """May a call go to the model server now? (In half-open, one trial call at a time.)"""
-        if self._state is CircuitState.CLOSED:
+    @property
+    def state(self) -> str:
+        return self.HEALTHY if self.healthy else self.EJECTED
+
+    def record_success(self) -> None:
+        self.failures = 0
+
+    def record_failure(self) -> bool:
+        """A call failed; True when this ejected the endpoint."""
+        self.failures += 1
+        if self.healthy and self.failures >= self.failure_threshold:
+            self._eject("failing")
             return True
-        if self._clock() - self._since < self.open_seconds:
+        return False
+
+    def probe_failed(self) -> bool:
+        """The status check got no answer: out at once. True when this ejected the endpoint."""
+        was_healthy = self.healthy
+        if was_healthy or self.reason != "unreachable":
+            self._eject("unreachable")
+        return was_healthy
+
+    def probe_succeeded(self) -> bool:
+        """The status check answered; True when this let the endpoint back."""
+        if self.healthy:
             return False
-        # Open long enough, or a trial call never reported back (it was cancelled): try again.
-        self._set(CircuitState.HALF_OPEN)
+        if self.reason == "failing" and self._clock() - self.ejected_at < self.eject_seconds:
+            return False
+        self.ejected_at, self.reason = None, None
+        self.failures = self.failure_threshold - 1 if self.failure_threshold > 1 else 0  # one more failure: out again
         return True
 
     def retry_after(self) -> float:
-        """Seconds until the next trial call may go through (0 when closed)."""
-        if self._state is CircuitState.CLOSED:
+        """Seconds until an ejected endpoint may come back at the earliest (0 when healthy)."""
+        if self.healthy:
             return 0.0
-        return max(0.0, self.open_seconds - (self._clock() - self._since))
+        if self.reason == "unreachable":
+            return 0.0
+        return max(0.0, self.eject_seconds - (self._clock() - self.ejected_at))
 
-    def record_success(self) -> None:
-        self._failures = 0
-        if self._state is not CircuitState.CLOSED:
-            self._set(CircuitState.CLOSED)
-
-    def record_failure(self) -> None:
-        self._failures += 1
-        if self._state is CircuitState.HALF_OPEN or self._failures >= self.failure_threshold:
-            self._set(CircuitState.OPEN)
-
-    def _set(self, state: CircuitState) -> None:
-        changed = state is not self._state
-        self._state = state
-        self._since = self._clock()
-        if changed and self._on_change is not None:
-            self._on_change(state)
+    def _eject(self, reason: str) -> None:
+        self.ejected_at, self.reason = self._clock(), reason
 
 
 class RetryBudget:

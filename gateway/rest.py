@@ -1,4 +1,4 @@
-"""The REST transport (CONTRACT §5): FastAPI routes over the core, plus the web page and metrics.
+"""The REST transport (README, "API"): FastAPI routes over the core, plus the web page and metrics.
 
 Thin, like the gRPC servicer: read the request, call the core, convert the result (converters),
 map errors through the same table (errors.TABLE). Request bodies are read with the size limit
@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any, Awaitable, TypeVar
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Path as PathParam, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -34,6 +34,7 @@ from gateway.errors import (TABLE, ClientGone, DeadlineExceeded, ErrorKind, Gate
                             InvalidArgument, TooLarge)
 from gateway.logs import REQUEST_ID_HEADER, RequestRecord, finish_request, request_id
 from gateway.metrics import Metrics
+from gateway.routing import CANARY_KEY_HEADER, route_key
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ PLACEHOLDER_PAGE = ("The web page is not installed (gateway/static/index.html is
 RAW_BODY_TYPES = ("image/", "application/octet-stream")
 EXAMPLE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 INT32_MAX = 2**31 - 1  # top_k is an int32 on the gRPC side; the same range here
+INT64_MAX = 2**63 - 1  # versions are int64
 T = TypeVar("T")
 
 
@@ -77,6 +79,28 @@ class ModelOut(BaseModel):
     version: int
     labels: list[str]
     state: str = Field(description="AVAILABLE, LOADING, ... as the model server reports it")
+
+
+class FleetOut(BaseModel):
+    """The model servers behind the gateway and what each serves, with every model's routing."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
+        "backend": "dns:///model-server:8500", "balancing": "endpoints", "healthy_endpoints": 2,
+        "endpoints": [{"address": "10.0.0.7:8500", "state": "healthy", "reason": None, "inflight": 1, "checked": True,
+                       "models": {"fashion": [{"version": 1, "state": "AVAILABLE", "usable": True}]}}],
+        "models": {"fashion": {"state": "AVAILABLE", "problem": None, "default_version": 1, "mode": "common",
+                               "labels": {"stable": 1}, "canary": None, "shadow": None,
+                               "versions": [{"version": 1, "endpoints": 2, "labels": ["stable"],
+                                             "input": "28x28x1", "classes": 10}]}}}]})
+
+    backend: str
+    balancing: str = Field(description="endpoints (a channel per model server) or channel (one round_robin channel)")
+    healthy_endpoints: int
+    endpoints: list[dict[str, Any]] = Field(description="address, state (healthy|ejected), reason, inflight, checked, "
+                                                         "models: {model: [{version, state, usable}]}")
+    models: dict[str, dict[str, Any]] = Field(description="per model: state, problem, default_version, mode "
+                                                          "(pinned|common|per_endpoint|none), labels, canary, "
+                                                          "shadow, versions: [{version, endpoints, labels, input, classes}]")
 
 
 class ModelsOut(BaseModel):
@@ -151,7 +175,7 @@ def create_app(settings: Settings, service: ClassifierService, metrics: Metrics,
     app.add_middleware(RequestRecordMiddleware, metrics=metrics)
     _add_error_handlers(app)
 
-    async def classify(request: Request, model: str, top_k: int) -> JSONResponse:
+    async def classify(request: Request, model: str, top_k: int, version: int = 0, label: str = "") -> JSONResponse:
         record: RequestRecord = request.state.record
         name = service.resolve_model(model)
         record.model = name
@@ -159,7 +183,9 @@ def create_app(settings: Settings, service: ClassifierService, metrics: Metrics,
         body = await read_body(request, settings.max_body_bytes, deadline)
         image = await image_from_body(request, body, settings.max_body_bytes)
         record.images = 1
-        result = await unless_client_leaves(request, service.classify(ClassifyInput(name, image, top_k), deadline))
+        key = route_key(request.headers.get(CANARY_KEY_HEADER), request.headers.get(AUTHORIZATION))
+        work = service.classify(ClassifyInput(name, image, top_k, version, label, key), deadline)
+        result = await unless_client_leaves(request, work)
         record.version = result.version
         record.add_stages(result.stages)
         return JSONResponse(converters.classification_to_json(result),
@@ -176,6 +202,29 @@ def create_app(settings: Settings, service: ClassifierService, metrics: Metrics,
     async def classify_with_model(request: Request, model: str, top_k: int = _TOP_K) -> JSONResponse:
         """Body: multipart field `image`, or the raw image with an `image/*` content type."""
         return await classify(request, model, top_k)
+
+    @app.post("/v1/models/{model}/versions/{version}:classify", response_model=ClassifyOut,
+              responses=_ERROR_RESPONSES, openapi_extra=_IMAGE_BODY,
+              summary="Classify an image with one version of the named model")
+    async def classify_with_version(request: Request, model: str,
+                                    version: int = PathParam(ge=1, le=INT64_MAX, description="the model version"),
+                                    top_k: int = _TOP_K) -> JSONResponse:
+        """404 when no model server serves that version (the message names the versions served)."""
+        return await classify(request, model, top_k, version=version)
+
+    @app.post("/v1/models/{model}/labels/{label}:classify", response_model=ClassifyOut,
+              responses=_ERROR_RESPONSES, openapi_extra=_IMAGE_BODY,
+              summary="Classify an image with the version a label of the named model points at")
+    async def classify_with_label(request: Request, model: str,
+                                  label: str = PathParam(description="a label defined in the gateway's settings"),
+                                  top_k: int = _TOP_K) -> JSONResponse:
+        """404 for a label the model's settings do not define (the message names the labels)."""
+        return await classify(request, model, top_k, label=label)
+
+    @app.get("/v1/fleet", response_model=FleetOut, summary="The model servers behind the gateway and "
+                                                            "what each serves")
+    async def fleet() -> JSONResponse:
+        return JSONResponse(service.fleet())
 
     @app.get("/v1/models", response_model=ModelsOut, summary="The models behind the gateway")
     async def list_models() -> JSONResponse:

@@ -34,14 +34,14 @@ import uvicorn
 import yaml
 
 from gateway.auth import ApiKeyAuth
-from gateway.backend import Backend
 from gateway.core import ClassifierService
 from gateway.decode import DecodeLimits, Decoder, install_pillow_guards
+from gateway.fleet import Fleet
 from gateway.grpc_service import create_grpc_server
 from gateway.logs import setup_logging
 from gateway.metrics import Metrics
 from gateway.registry import ModelRegistry
-from gateway.resilience import CircuitBreaker, RetryBudget
+from gateway.reload import SettingsReloader
 from gateway.rest import create_app
 from gateway.settings import Settings, SettingsError, env_name, flag_name, load_settings
 from gateway.tls import TlsConfigError, backend_credentials, uvicorn_ssl_options
@@ -83,7 +83,9 @@ def bind_tcp(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def serve(settings: Settings) -> int:
+async def serve(settings: Settings, flags: dict | None = None) -> int:
+    """Run until SIGTERM/SIGINT; `flags` (the parsed command line) lets a changed config file be
+    re-read with the same precedence."""
     loop = asyncio.get_running_loop()
     install_pillow_guards(settings.max_image_pixels)
     try:
@@ -95,24 +97,24 @@ async def serve(settings: Settings) -> int:
     tracing = start_tracing(settings)  # before any grpc.aio server or channel exists
     auth = ApiKeyAuth([key.get_secret_value() for key in settings.api_keys], settings.public_health_and_metrics)
     metrics = Metrics()
-    circuit = CircuitBreaker(settings.circuit_failure_threshold, settings.circuit_open_seconds,
-                             on_change=lambda state: metrics.circuit_state.set(int(state)))
-    backend = Backend(settings.backend, metrics=metrics, circuit=circuit,
-                      retry_budget=RetryBudget(settings.retry_budget_percent),
-                      call_timeout=settings.backend_timeout_seconds,
-                      keepalive_seconds=settings.backend_keepalive_seconds,
-                      max_message_bytes=settings.backend_max_message_bytes,
-                      credentials=channel_credentials, tls_server_name=settings.backend_tls_server_name)
-    registry = ModelRegistry(backend, settings, metrics)
+    fleet = Fleet(settings, metrics, settings.model_names, channel_credentials,
+                  validate=lambda info: registry.validate(info))
+    registry = ModelRegistry(fleet, settings, metrics)
     decoder = Decoder(settings.decode_workers, settings.max_pending_decodes,
                       DecodeLimits(tuple(settings.allowed_formats), settings.max_image_pixels))
-    service = ClassifierService(settings, backend, registry, decoder, metrics)
+    service = ClassifierService(settings, fleet, registry, decoder, metrics)
+
+    async def apply(fresh: Settings) -> None:
+        registry.update(fresh)
+        await fleet.reconfigure(fresh)
+
+    reloader = SettingsReloader(settings, flags or {}, apply)
     try:
         grpc_server, grpc_port, health_servicer = await create_grpc_server(settings, service, registry, metrics, auth)
         http_socket = bind_tcp(settings.host, settings.http_port)
     except (OSError, RuntimeError) as exc:
         log.error("cannot bind: %s", exc)
-        await backend.close()
+        await fleet.close()
         decoder.close()
         return 1
     app = create_app(settings, service, metrics, auth)
@@ -128,6 +130,7 @@ async def serve(settings: Settings) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reloader.request)
 
     await grpc_server.start()
     http_task = asyncio.create_task(http_server.serve(sockets=[http_socket]), name="http")
@@ -137,7 +140,8 @@ async def serve(settings: Settings) -> int:
         log.error("the HTTP server did not start")
         await grpc_server.stop(0)
         return 1
-    watcher = asyncio.create_task(registry.watch(), name="model-watcher")
+    watchers = [asyncio.create_task(fleet.run(), name="fleet-watcher"),
+                asyncio.create_task(reloader.run(), name="config-reloader")]
     http_port = http_socket.getsockname()[1]
     announce_listening(settings, grpc_port, http_port)
 
@@ -152,11 +156,12 @@ async def serve(settings: Settings) -> int:
     http_server.should_exit = True
     await asyncio.gather(grpc_server.stop(settings.shutdown_grace_seconds), http_task,
                          return_exceptions=True)
-    watcher.cancel()
-    await asyncio.gather(watcher, return_exceptions=True)
+    for watcher in watchers:
+        watcher.cancel()
+    await asyncio.gather(*watchers, return_exceptions=True)
     await service.close()
     decoder.close()
-    await backend.close()
+    await fleet.close()
     tracing.shutdown()
     log.info("stopped", extra={"fields": {"event": "stopped"}})
     return exit_code
@@ -202,4 +207,4 @@ def main(argv: list[str] | None = None) -> int:
         print(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False), end="")
         return 0
     setup_logging(settings.log_level, settings.log_format)
-    return asyncio.run(serve(settings))
+    return asyncio.run(serve(settings, args))

@@ -1,4 +1,4 @@
-"""The gateway's one settings object (CONTRACT §7).
+"""The gateway's one settings object (README, "Settings").
 
 Sources, highest precedence first: command-line flags, `GATEWAY_<NAME>` environment variables, the
 YAML file named by `--config` / `GATEWAY_CONFIG`, then the defaults below. Nested values come from
@@ -30,18 +30,58 @@ class SettingsError(Exception):
     """Start-up configuration is invalid; the message names the setting and where it came from."""
 
 
+LABEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class VersionChoice(BaseModel):
+    """One model version, by number or by a label of `models.<name>.labels`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: int | None = Field(None, ge=1, description="a version number")
+    label: str | None = Field(None, pattern=LABEL_PATTERN, description="a label defined under `labels`")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "VersionChoice":
+        if (self.version is None) == (self.label is None):
+            raise ValueError("give exactly one of `version` and `label`")
+        return self
+
+    def describe(self) -> str:
+        return f"version {self.version}" if self.version is not None else f"label {self.label!r}"
+
+
+class TrafficShare(VersionChoice):
+    """A candidate version and the share of default traffic it gets (canary) or sees (shadow)."""
+
+    percent: float = Field(ge=0.0, le=100.0, description="share of the model's default traffic, in percent")
+
+
 class ModelSettings(BaseModel):
     """Per-model rules, under `models: {<name>: ...}`."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     thresholds: Thresholds = Field(default_factory=Thresholds,
-                                   description="binary band and multi-class rules (CONTRACT §4)")
+                                   description="binary band and multi-class rules (README, Decisions)")
     uncertain_label: str = Field(DEFAULT_UNCERTAIN_LABEL, min_length=1,
                                  description="the label answered when the thresholds do not pass")
     alpha_background: str = Field(
         "black", description="colour transparent pixels are composited onto before the model sees "
                              "them (Pillow colour name or #rrggbb); Fashion-MNIST items are light on black")
+
+    labels: dict[str, int] = Field(
+        default_factory=dict, description="version labels, e.g. {stable: 1, canary: 2}: requests may name "
+                                          "them, and so may default_version, canary and shadow")
+    default_version: VersionChoice | None = Field(
+        None, description="pin default traffic to {version: N} or {label: L}; unset: the newest version every "
+                          "healthy model server serves (each its newest when none is served by all)")
+    canary: TrafficShare | None = Field(
+        None, description="{version or label, percent}: that share of default traffic is answered by the "
+                          "candidate, sticky per x-canary-key (else API key); the rest never sees it")
+    shadow: TrafficShare | None = Field(
+        None, description="{version or label, percent}: a copy of that share of default traffic also goes to "
+                          "the candidate, off the critical path; agreement is counted in metrics")
 
     @field_validator("alpha_background")
     @classmethod
@@ -50,6 +90,30 @@ class ModelSettings(BaseModel):
 
         ImageColor.getrgb(value)  # ValueError names the colour
         return value
+
+    @field_validator("labels")
+    @classmethod
+    def _label_names(cls, value: dict[str, int]) -> dict[str, int]:
+        bad = [name for name in value if not re.match(LABEL_PATTERN, name)]
+        if bad:
+            raise ValueError(f"invalid label names {bad}: use letters, digits, '_', '.', '-'")
+        low = [name for name, version in value.items() if version < 1]
+        if low:
+            raise ValueError(f"labels {low} must point at a version >= 1")
+        return value
+
+    @model_validator(mode="after")
+    def _labels_defined(self) -> "ModelSettings":
+        for key in ("default_version", "canary", "shadow"):
+            choice = getattr(self, key)
+            if choice is not None and choice.label is not None and choice.label not in self.labels:
+                defined = ", ".join(sorted(self.labels)) or "none"
+                raise ValueError(f"{key}: label {choice.label!r} is not defined under labels (defined: {defined})")
+        return self
+
+    def resolve(self, choice: VersionChoice) -> int:
+        """The version a choice names (its label looked up); KeyError for an undefined label."""
+        return choice.version if choice.version is not None else self.labels[choice.label]
 
 
 def _default_decode_workers() -> int:
@@ -67,8 +131,20 @@ class Settings(BaseSettings):
     config: Path | None = Field(None, description="YAML file with settings (lower precedence than env and flags)")
     # Where things are.
     backend: str = Field("127.0.0.1:8500", min_length=1,
-                         description="model server gRPC target: HOST:PORT, or dns:///HOST:PORT to "
-                                     "round-robin over every address the name resolves to")
+                         description="model server gRPC target: HOST:PORT (one endpoint), a static fleet "
+                                     "ipv4:A:PORT,B:PORT (or A:PORT,B:PORT), or dns:///NAME:PORT: every address "
+                                     "the name resolves to, re-resolved every backend_resolve_seconds")
+    backend_resolve_seconds: float = Field(5.0, gt=0, le=3600,
+                                           description="how often a dns:/// backend is resolved again (also at "
+                                                       "once when an endpoint fails)")
+    backend_balancing: Literal["endpoints", "channel"] = Field(
+        "endpoints", description="endpoints: a channel per model server, each one's versions and health tracked, "
+                                 "requests to the least loaded that serves their version; channel: one gRPC "
+                                 "round_robin channel over the whole target, every replica assumed to serve the "
+                                 "same versions (behind a service mesh that balances itself)")
+    config_reload_seconds: float = Field(5.0, ge=0, description="how often the --config file is checked for "
+                                         "changes (also on SIGHUP); models.* and backend apply without a "
+                                         "restart; 0: only on SIGHUP")
     host: str = Field("127.0.0.1", description="address to bind both ports to (0.0.0.0 in containers)")
     grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one")
     http_port: int = Field(8080, ge=0, le=65535, description="HTTP port; 0 picks a free one")
@@ -85,7 +161,8 @@ class Settings(BaseSettings):
                                description="longest a request waits for others to fill its batch "
                                            "(only while another batch is in flight: an idle model sends at once)")
     max_concurrent_batches: int = Field(4, ge=1, le=256,
-                                        description="Predict calls in flight per model; further requests queue (and batch)")
+                                        description="Predict calls in flight per model and model server endpoint; "
+                                                    "further requests queue (and batch)")
     max_queue: int = Field(256, ge=1, le=100_000,
                            description="requests waiting for a batch, per model; beyond it RESOURCE_EXHAUSTED/429")
     decode_workers: int = Field(default_factory=_default_decode_workers, ge=1, le=64,
@@ -108,11 +185,19 @@ class Settings(BaseSettings):
     backend_timeout_seconds: float = Field(5.0, gt=0, description="deadline of the gateway's own calls to the model server (status, metadata)")
     backend_keepalive_seconds: float = Field(30.0, gt=0, description="HTTP/2 keepalive ping interval on the model server channel")
     backend_max_message_bytes: int = Field(64 * 2**20, ge=1024, description="largest message to/from the model server")
-    health_check_interval_seconds: float = Field(2.0, gt=0, description="how often the model server's model states are re-checked")
-    circuit_failure_threshold: int = Field(5, ge=1, description="consecutive backend failures that open the circuit")
-    circuit_open_seconds: float = Field(2.0, gt=0, description="how long an open circuit fails fast before one trial call")
+    health_check_interval_seconds: float = Field(2.0, gt=0, description="how often each model server endpoint's model "
+                                                 "states are re-checked (every 0.2 s while not ready or an endpoint is out)")
+    circuit_failure_threshold: int = Field(5, ge=1, description="consecutive failed calls that eject a model server "
+                                           "endpoint (one that does not answer its status check is ejected at once); "
+                                           "with every endpoint ejected the circuit is open: requests fail fast")
+    circuit_open_seconds: float = Field(2.0, gt=0, description="least time an endpoint ejected for failing calls stays "
+                                        "out; then its next good status check lets it back (an unreachable one comes "
+                                        "back at its first good check)")
     retry_budget_percent: float = Field(10.0, ge=0.0, le=100.0,
                                         description="retries of failed Predict calls allowed, as a percentage of calls")
+    shadow_max_inflight: int = Field(32, ge=1, le=10_000,
+                                     description="shadow images queued or in flight per model; beyond it shadow "
+                                                 "copies are skipped (counted), never delaying answers")
     shutdown_delay_seconds: float = Field(0.0, ge=0.0, description="after SIGTERM, time spent NOT_SERVING before refusing connections (load balancers notice)")
     shutdown_grace_seconds: float = Field(10.0, ge=0.0, description="after that, time given to in-flight requests")
     # Security: all off by default (see gateway/config.example.yaml).
@@ -182,6 +267,14 @@ class Settings(BaseSettings):
         if bad:
             raise ValueError(f"invalid model names {bad}: use letters, digits, '_', '.', '-'")
         return value
+
+    @field_validator("backend")
+    @classmethod
+    def _backend_target(cls, value: str) -> str:
+        from gateway.targets import parse_target
+
+        parse_target(value)  # TargetError (a ValueError) says what is wrong
+        return value.strip()
 
     @field_validator("api_keys")
     @classmethod

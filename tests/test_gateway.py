@@ -309,9 +309,12 @@ def test_metrics_cover_requests_stages_batches_and_decisions(gateway, stub, imag
     for stage in ("decode", "queue_wait", "predict", "decide"):
         assert f'stage="{stage}"' in text, stage
     requests = [labels for labels, _ in samples(gateway.http_url, "gateway_requests_total")]
-    assert {"transport": "grpc", "route": "Classify", "model": "fashion", "status": "OK"} in requests
-    assert {"transport": "http", "route": "POST /v1/classify", "model": "fashion", "status": "200"} in requests
+    assert {"transport": "grpc", "route": "Classify", "model": "fashion", "version": "1", "status": "OK"} in requests
+    assert {"transport": "http", "route": "POST /v1/classify", "model": "fashion", "version": "1", "status": "200"} in requests
     assert samples(gateway.http_url, "gateway_circuit_state") == [({}, 0.0)]
+    decisions = [labels for labels, _ in samples(gateway.http_url, "gateway_decisions_total")]
+    assert decisions and all(labels["version"] == "1" for labels in decisions)
+    assert samples(gateway.http_url, "gateway_endpoints") == [({"state": "healthy"}, 1.0), ({"state": "ejected"}, 0.0)]
 
 
 def test_one_json_log_line_per_request_without_image_bytes(gateway, stub, images):

@@ -251,13 +251,15 @@ class Gateway:
 
 
 def start_gateway(
-    *, backend: str, grpc_port: int = 0, http_port: int = 0, config_file: Path | None = None,
+    *, backend: str | None, grpc_port: int = 0, http_port: int = 0, config_file: Path | None = None,
     extra_args: Sequence[str] = (), env: dict[str, str] | None = None, echo: bool = False,
     log_path: Path | None = None, timeout: float = 60.0, wait_ready: bool = True,
 ) -> Gateway:
-    """Start `python -m gateway` against `backend` and wait until `/readyz` answers 200."""
-    argv = [sys.executable, "-m", "gateway", f"--backend={backend}",
-            f"--grpc-port={grpc_port}", f"--http-port={http_port}"]
+    """Start `python -m gateway` against `backend` (None: the one the config file names) and wait
+    until `/readyz` answers 200."""
+    argv = [sys.executable, "-m", "gateway", f"--grpc-port={grpc_port}", f"--http-port={http_port}"]
+    if backend is not None:
+        argv.append(f"--backend={backend}")
     if config_file is not None:
         argv.append(f"--config={config_file}")
     argv += list(extra_args)
