@@ -26,8 +26,10 @@ from training.backbones import BACKBONES, build_model
 from training.datasets import DATASETS
 from training.datasets.fashion_mnist import LABELS, load_arrays
 from training.errors import TrainingError
-from training.export import export_model, inference_copy, next_version, verify_export
+from training import oodset
+from training.export import DIR_MODE, FILE_MODE, export_model, inference_copy, next_version, verify_export
 from training.imaging import InputSpec, decode_to_input, fit_to_input
+from training.ood import fit as fit_ood, tap_model
 from training.schedule import OneCycle
 from training.trainer import TrainConfig, train
 from training.warmup import ASSETS_EXTRA, WARMUP_FILE
@@ -57,20 +59,40 @@ def test_images(fashion_data) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def trained(fashion_data):
+def splits(fashion_data):
+    return DATASETS["fashion_mnist"].load(fashion_data, GREY28, limit=640, seed=3)
+
+
+@pytest.fixture(scope="module")
+def trained(splits):
     """small_cnn after a few real training steps (so batch-norm statistics are not the defaults)."""
-    source = DATASETS["fashion_mnist"]
-    splits = source.load(fashion_data, GREY28, limit=640, seed=3)
     model = build_model(BACKBONES["small_cnn"], GREY28, len(splits.labels), "none")
-    train(model, splits, source.augmentation, TrainConfig(epochs=1, batch_size=64, learning_rate=3e-3),
-          echo=lambda line: None)
+    train(model, splits, DATASETS["fashion_mnist"].augmentation,
+          TrainConfig(epochs=1, batch_size=64, learning_rate=3e-3), echo=lambda line: None)
     return model
 
 
 @pytest.fixture(scope="module")
-def exported(trained, test_images, tmp_path_factory) -> Path:
+def detector(trained, splits):
+    """The out-of-distribution detector of `trained`, fitted and calibrated on its own splits."""
+    return fit_ood(trained, BACKBONES["small_cnn"].ood_layer, splits.train, splits.val).detector
+
+
+@pytest.fixture(scope="module")
+def exported(trained, detector, test_images, tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("export") / "fashion"
-    return export_model(trained, LABELS, GREY28, base, test_images[0][:16], model_name="fashion")
+    return export_model(trained, LABELS, GREY28, base, test_images[0][:16], model_name="fashion", ood=detector)
+
+
+def jpeg_and_pillow_pixels(images: np.ndarray, quality: int = 75) -> tuple[list[bytes], np.ndarray]:
+    """Each grey image as a JPEG file, and the pixels Pillow (hence the gateway) decodes from it."""
+    jpegs, pixels = [], []
+    for image in images:
+        buf = io.BytesIO()
+        Image.fromarray(image.squeeze(-1)).save(buf, "JPEG", quality=quality)
+        jpegs.append(buf.getvalue())
+        pixels.append(np.asarray(Image.open(io.BytesIO(buf.getvalue())))[..., np.newaxis])
+    return jpegs, np.stack(pixels)
 
 
 def test_export_writes_version_1_with_warmup_records(exported):
@@ -127,9 +149,67 @@ def test_signatures_are_exactly_as_the_contract_says(exported):
         assert list(inputs) == [key]
         assert inputs[key].dtype == dtype and inputs[key].shape.as_list() == shape
         outputs = signatures[name].structured_outputs
-        assert set(outputs) == {"scores", "classes"}
+        assert set(outputs) == {"scores", "classes", "ood_score", "ood_threshold"}
         assert outputs["scores"].dtype == tf.float32 and outputs["scores"].shape.as_list() == [None, 10]
         assert outputs["classes"].dtype == tf.string and outputs["classes"].shape.as_list() == [None, 10]
+        for key in ("ood_score", "ood_threshold"):
+            assert outputs[key].dtype == tf.float32 and outputs[key].shape.as_list() == [None]
+
+
+def test_ood_outputs_are_the_detectors_with_no_skew_between_signatures(exported, trained, detector, test_images):
+    """Served = trained (the in-memory detector on the in-memory model); pixels = bytes, on PNG
+    and on JPEG files decoded as Pillow does; the threshold is the calibrated one in every row."""
+    images = test_images[0]
+    signatures = tf.saved_model.load(str(exported)).signatures
+    served = signatures["serving_default"](images=tf.constant(images))
+    tapped, _ = tap_model(trained, detector.layer)(images.astype(np.float32), training=False)
+    np.testing.assert_allclose(served["ood_score"].numpy(), detector.score(tapped).numpy(), rtol=1e-4)
+    assert served["ood_score"].numpy().min() >= 0
+    assert served["ood_threshold"].numpy().tolist() == [float(detector.threshold.numpy())] * len(images)
+
+    by_png = signatures["image_bytes"](image_bytes=tf.constant([png_bytes(image) for image in images]))
+    assert np.array_equal(by_png["ood_score"].numpy(), served["ood_score"].numpy())
+    assert np.array_equal(by_png["ood_threshold"].numpy(), served["ood_threshold"].numpy())
+    jpegs, pillow = jpeg_and_pillow_pixels(images)
+    by_jpeg = signatures["image_bytes"](image_bytes=tf.constant(jpegs))["ood_score"].numpy()
+    by_pillow = signatures["serving_default"](images=tf.constant(pillow))["ood_score"].numpy()
+    np.testing.assert_allclose(by_jpeg, by_pillow, rtol=1e-6)
+
+
+def test_an_export_is_readable_by_any_user(exported):
+    """Directories 0755 and files 0644 whatever the umask: a model server running as another uid
+    (the container image's) can load a version exported in a working tree."""
+    import os
+    import shutil
+    import stat
+
+    paths = [exported, *exported.rglob("*")]
+    assert any(p.is_file() for p in paths) and any(p.is_dir() for p in paths[1:])
+    for path in paths:
+        assert stat.S_IMODE(path.stat().st_mode) == (DIR_MODE if path.is_dir() else FILE_MODE), path
+    if os.geteuid() != 0:
+        return
+    # As root, really read every file as `nobody`, from a copy outside pytest's private (0700) tree.
+    import tempfile
+
+    shared = Path(tempfile.mkdtemp(prefix="export-readable-"))
+    try:
+        shared.chmod(0o755)
+        shutil.copytree(exported, shared / "1")  # copy2 keeps the mode bits
+        files = [str(p) for p in (shared / "1").rglob("*") if p.is_file()]
+        private = shared / "private"
+        private.write_bytes(b"x")
+        private.chmod(0o600)
+
+        def cat_as_nobody(*names: str) -> subprocess.CompletedProcess:
+            return subprocess.run(["cat", *names], preexec_fn=lambda: os.setuid(65534), stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True, timeout=60)
+
+        assert cat_as_nobody(str(private)).returncode != 0  # the check can fail: nobody really is someone else
+        result = cat_as_nobody(*files)
+        assert result.returncode == 0, result.stderr
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
 
 
 def test_no_augmentation_or_randomness_in_the_serving_graph(exported):
@@ -158,8 +238,8 @@ def test_a_failed_verification_leaves_no_version_and_no_temporary_dir(trained, t
     base = tmp_path / "fashion"
     seen = []
 
-    def verify_then_fail(path, *args):
-        verify_export(path, *args)  # the real verification passes...
+    def verify_then_fail(path, *args, **kwargs):
+        verify_export(path, *args, **kwargs)  # the real verification passes...
         seen.append(sorted(p.name for p in path.iterdir()))
         raise RuntimeError("injected failure after verification")  # ...then the disk "fails"
 
@@ -303,13 +383,17 @@ def test_reexport_writes_the_same_weights_as_the_next_version_or_in_place(export
         return subprocess.run([sys.executable, "-m", "training.reexport", *args], cwd=ROOT, capture_output=True,
                               text=True, timeout=300)
 
-    for args, version in (([str(base / "1")], "2"), ([str(base / "1"), "--replace"], "1")):
-        result = run(*args)
+    data = ["--limit", "640", "--seed", "3"]  # as `trained` was: the same validation split calibrates
+    for args, version in (([str(base / "1"), *data], "2"), ([str(base / "1"), "--replace", *data], "1")):
+        result = run(*args, "--report-dir", str(tmp_path / f"report-{version}"))
         assert result.returncode == 0, result.stderr
         assert f"as {base / version} " in result.stdout
         after = tf.saved_model.load(str(base / version)).signatures["serving_default"](images=tf.constant(test_images[0]))
         assert np.array_equal(after["scores"].numpy(), before["scores"].numpy())
+        # refitted on the same images, met in another (shuffled) order: float sums differ a little
+        np.testing.assert_allclose(after["ood_score"].numpy(), before["ood_score"].numpy(), rtol=1e-3)
         assert (base / version / ASSETS_EXTRA / WARMUP_FILE).is_file()
+        assert "answered not sure" in (tmp_path / f"report-{version}" / "ood.md").read_text()
     assert sorted(p.name for p in base.iterdir()) == ["1", "2"]  # nothing left over from --replace
 
     for args, expected in (([str(base / "1"), "--backbone", "mobilenet_v2"], "takes colour images"),
@@ -366,8 +450,46 @@ def test_cli_tiny_model_is_a_servable_version_1(tiny_models_dir):
     version = tiny_models_dir / "fashion" / "1"
     loaded = tf.saved_model.load(str(version))
     out = loaded.signatures["serving_default"](images=tf.zeros([2, 28, 28, 1], tf.uint8))
-    assert out["scores"].shape == (2, 10)
+    assert out["scores"].shape == (2, 10) and out["ood_score"].shape == (2,)
     assert out["classes"].numpy()[0].astype(str).tolist() == LABELS
+    report_dir = tiny_models_dir.parent / f"report-{tiny_models_dir.name}"  # see conftest.run_training
+    report = json.loads((report_dir / "report.json").read_text())
+    ood = report["ood"]
+    assert out["ood_threshold"].numpy().tolist() == [pytest.approx(ood["threshold"], rel=1e-6)] * 2
+    assert ood["layer"] == "block2_out" and ood["calibration_count"] == report["val_count"]
+    assert 0.9 <= ood["in_distribution_pass"] <= 1.0  # calibrated at 97.5 % of the validation images
+    assert [row["min_score"] for row in ood["table"]] == [0.5, 0.6, 0.7, 0.8, 0.9]
+    assert set(ood["ood_set"]["groups"]) == set(oodset.GROUPS)
+    page = (report_dir / "report.md").read_text()
+    assert "## Knowing what it does not know" in page and (report_dir / "coverage.png").is_file()
+
+
+def test_the_ood_set_is_made_offline_and_the_same_for_a_seed():
+    """Shipped photos byte for byte; generated images reproducible; all decodable by the gateway."""
+    rng = lambda: np.random.default_rng(5)  # noqa: E731
+    assert [i.data for i in oodset.textures(rng())] == [i.data for i in oodset.textures(rng())]
+    assert [i.data for i in oodset.scenes(rng())] == [i.data for i in oodset.scenes(rng())]
+    photos = oodset.photos()
+    assert len(photos) == len(oodset.PHOTOS) >= 16 and len({p.data for p in photos}) == len(photos)
+    pixels = oodset.to_pixels(photos + oodset.drawings(), 28, 28, 1)
+    assert pixels.shape == (len(photos) + len(oodset.DRAWINGS), 28, 28, 1) and pixels.dtype == np.uint8
+
+
+def test_selective_figures_are_the_gateway_decisions():
+    from training.selective import judge
+
+    labels = ["a", "b", "c"]
+    probabilities = np.array([[0.9, 0.05, 0.05], [0.8, 0.1, 0.1], [0.4, 0.3, 0.3], [0.1, 0.85, 0.05]], np.float32)
+    truth = np.array([0, 1, 0, 1])  # the second one is confidently wrong
+    ood_set = {"names": ["photo/x", "texture/y"], "groups": ["photo", "texture"],
+               "probabilities": probabilities[:2], "ood_scores": np.array([5.0, 0.5])}
+    numbers = judge(labels, probabilities, truth, np.array([1.0, 1.0, 1.0, 3.0]), 2.0, ood_set).numbers
+    assert numbers["rules_only"] == {"coverage": 0.75, "accuracy": pytest.approx(2 / 3), "confident": 3}
+    assert numbers["with_ood_guard"] == {"coverage": 0.5, "accuracy": 0.5, "confident": 2}
+    assert numbers["in_distribution_pass"] == 0.75
+    assert numbers["ood_set"]["groups"]["photo"] == {"count": 1, "ood_rejected": 1.0, "not_sure": 1.0}
+    assert numbers["ood_set"]["groups"]["texture"] == {"count": 1, "ood_rejected": 0.0, "not_sure": 0.0}
+    assert numbers["ood_set"]["photos"][0]["reason"] == "OUT_OF_DISTRIBUTION"
 
 
 def test_cli_trains_and_exports_a_folder_data_set(tmp_path):
@@ -392,18 +514,15 @@ def test_cli_trains_and_exports_a_folder_data_set(tmp_path):
 # --- the committed default model --------------------------------------------------------------
 
 def test_committed_model_reads_jpegs_exactly_as_pillow_does(committed_model, test_images):
-    """`image_bytes` on a JPEG gives the scores `serving_default` gives on Pillow's pixels of that
-    file: what a direct client of the model server sees equals what the gateway (Pillow) sees."""
-    jpegs, pixels = [], []
-    for image in test_images[0]:
-        buf = io.BytesIO()
-        Image.fromarray(image.squeeze(-1)).save(buf, "JPEG", quality=75)
-        jpegs.append(buf.getvalue())
-        pixels.append(np.asarray(Image.open(io.BytesIO(buf.getvalue())))[..., np.newaxis])
+    """`image_bytes` on a JPEG gives the scores and OOD score `serving_default` gives on Pillow's
+    pixels of that file: a direct client of the model server sees what the gateway (Pillow) sees."""
+    jpegs, pixels = jpeg_and_pillow_pixels(test_images[0])
     signatures = tf.saved_model.load(str(committed_model)).signatures
-    by_bytes = signatures["image_bytes"](image_bytes=tf.constant(jpegs))["scores"].numpy()
-    by_pixels = signatures["serving_default"](images=tf.constant(np.stack(pixels)))["scores"].numpy()
-    assert np.max(np.abs(by_bytes - by_pixels)) <= 1e-6
+    by_bytes = signatures["image_bytes"](image_bytes=tf.constant(jpegs))
+    by_pixels = signatures["serving_default"](images=tf.constant(pixels))
+    assert np.max(np.abs(by_bytes["scores"].numpy() - by_pixels["scores"].numpy())) <= 1e-6
+    np.testing.assert_allclose(by_bytes["ood_score"].numpy(), by_pixels["ood_score"].numpy(), rtol=1e-6)
+    assert np.array_equal(by_bytes["ood_threshold"].numpy(), by_pixels["ood_threshold"].numpy())
 
 
 @pytest.mark.slow
@@ -418,3 +537,27 @@ def test_committed_model_reaches_93_percent_on_the_full_test_set(committed_model
     assert accuracy >= 0.93, f"committed model: {accuracy:.4f} test accuracy"
     size = sum(f.stat().st_size for f in committed_model.rglob("*") if f.is_file())
     assert size <= 5e6, f"committed model is {size / 1e6:.1f} MB"
+
+
+@pytest.mark.slow
+def test_committed_model_knows_what_it_does_not_know(committed_model, fashion_data):
+    """The gateway's default rules plus the exported OOD guard: confident on >= 93 % of the first
+    1,000 test images and right on >= 96 % of those; photos of other things answered not sure."""
+    from gateway.thresholds import Thresholds, decide
+
+    predict = tf.saved_model.load(str(committed_model)).signatures["serving_default"]
+
+    def decisions(pixels: np.ndarray) -> list:
+        out = predict(images=tf.constant(pixels))
+        return [decide(LABELS, row.tolist(), Thresholds(), ood_score=float(s), ood_threshold=float(t))
+                for row, s, t in zip(out["scores"].numpy(), out["ood_score"].numpy(), out["ood_threshold"].numpy())]
+
+    arrays = load_arrays(fashion_data)
+    answers = decisions(arrays["test_images"][:1000])
+    confident = [d for d, y in zip(answers, arrays["test_labels"][:1000]) if d.confident]
+    right = [d for d, y in zip(answers, arrays["test_labels"][:1000]) if d.confident and d.label == LABELS[y]]
+    assert len(confident) >= 930 and len(right) >= 0.96 * len(confident), (len(confident), len(right))
+
+    photos = oodset.photos()
+    unsure = [item.name for item, d in zip(photos, decisions(oodset.to_pixels(photos, 28, 28, 1))) if not d.confident]
+    assert len(unsure) >= len(photos) - 1, sorted(set(p.name for p in photos) - set(unsure))

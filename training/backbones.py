@@ -46,6 +46,8 @@ class Backbone:
     min_size: int | None = None
     #: top layers of the pre-trained base unfrozen in the fine-tuning phase (0: no base to fine-tune)
     fine_tune_layers: int = 0
+    #: the layer whose output the out-of-distribution score summarises (training.ood)
+    ood_layer: str = "block2_out"
 
     def input_for(self, natural: InputSpec, size: int | None = None) -> InputSpec:
         """The input this backbone takes for data like `natural`, or `size` x `size` when given."""
@@ -57,10 +59,10 @@ class Backbone:
         return InputSpec(size, size, spec.channels)
 
 
-def _conv_bn_relu(x, filters: int):
+def _conv_bn_relu(x, filters: int, name: str | None = None):
     x = layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer="he_normal")(x)
     x = layers.BatchNormalization()(x)
-    return layers.ReLU()(x)
+    return layers.ReLU(name=name)(x)
 
 
 def build_small_cnn(spec: InputSpec, num_classes: int, weight_set: str | None) -> keras.Model:
@@ -70,13 +72,15 @@ def build_small_cnn(spec: InputSpec, num_classes: int, weight_set: str | None) -
     image, 90-180 s per Fashion-MNIST epoch on two shared cores; 15 epochs give 93.5 % test
     accuracy. Batch norm lets a high one-cycle learning rate converge in few epochs; dropout
     before and after the dense layer keeps the flattened 3x3x128 features from overfitting.
+    Each block's last activation is named `block<n>_out` (the out-of-distribution score reads
+    `block2_out`).
     """
     del weight_set  # small_cnn has no named weight sets; build_model rejects them before this
     inputs = keras.Input(shape=spec.shape, dtype="float32", name="pixels")
     x = layers.Rescaling(1.0 / 255.0, name="scale_to_unit")(inputs)
-    for filters, convs in ((32, 2), (64, 2), (128, 2)):
-        for _ in range(convs):
-            x = _conv_bn_relu(x, filters)
+    for block, (filters, convs) in enumerate(((32, 2), (64, 2), (128, 2)), start=1):
+        for conv in range(convs):
+            x = _conv_bn_relu(x, filters, name=f"block{block}_out" if conv == convs - 1 else None)
         x = layers.MaxPooling2D()(x)
     x = layers.Flatten()(x)
     x = layers.Dropout(0.3)(x)
@@ -103,6 +107,7 @@ BACKBONES: dict[str, Backbone] = {
             default_weights="imagenet",
             min_size=app.min_size,
             fine_tune_layers=app.fine_tune_layers,
+            ood_layer=transfer.BASE_LAYER,
         )
         for name, app in transfer.APPLICATIONS.items()
     },

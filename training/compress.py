@@ -72,10 +72,16 @@ class _Untracked:
 
 
 class CompressedWeights(tf.Module):
-    """The weights of `model` under `codec`, and its forward pass computed from them."""
+    """The weights of `model` under `codec`, and its forward pass computed from them.
 
-    def __init__(self, model: keras.Model, codec: WeightCodec):
+    With `tap_layer`, `tapped` also returns that layer's output (for training.ood's score).
+    """
+
+    def __init__(self, model: keras.Model, codec: WeightCodec, tap_layer: str | None = None):
         super().__init__()
+        if tap_layer is not None:  # the same layers and weights, one more output
+            model = keras.Model(model.inputs[0], [model.get_layer(tap_layer).output, model.outputs[0]])
+        self._tapping = tap_layer is not None
         self._held = _Untracked(model)
         self.codec = codec.name
         self.trainable = [_Stored(v.numpy(), codec, v.path) for v in model.trainable_variables]
@@ -83,9 +89,13 @@ class CompressedWeights(tf.Module):
         self._dtypes = ([v.dtype for v in model.trainable_variables],
                         [v.dtype for v in model.non_trainable_variables])
 
-    def __call__(self, pixels: tf.Tensor, training: bool = False) -> tf.Tensor:
-        """Class probabilities for float32 pixels, from the decoded weights (never the originals)."""
+    def tapped(self, pixels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """(the tap layer's output, class probabilities) for float32 pixels, from the decoded weights."""
         trainable = [s.decode(tf.as_dtype(d)) for s, d in zip(self.trainable, self._dtypes[0])]
         non_trainable = [s.decode(tf.as_dtype(d)) for s, d in zip(self.non_trainable, self._dtypes[1])]
         outputs, _ = self._held.model.stateless_call(trainable, non_trainable, pixels, training=False)
-        return outputs
+        return (outputs[0], outputs[1]) if self._tapping else (None, outputs)
+
+    def __call__(self, pixels: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """Class probabilities for float32 pixels, from the decoded weights (never the originals)."""
+        return self.tapped(pixels)[1]

@@ -1,5 +1,8 @@
 """One training run from start to finish: data -> model -> fit -> test -> export -> report.
 
+After training, the out-of-distribution detector is fitted and calibrated (training.calibration)
+and exported with the model, compressed variants included (they share the float32 detector).
+
 A transfer backbone trains in two phases: the head on the frozen base, then (`fine_tune_epochs`)
 the top `fine_tune_layers` of the base too, at `fine_tune_learning_rate`. Each phase stops early
 when validation loss stalls and keeps its best epoch's weights. `compress` adds smaller variants of
@@ -23,12 +26,13 @@ import tensorflow as tf
 
 from training import transfer
 from training.backbones import BACKBONES, Backbone, build_model
+from training.calibration import calibrate
 from training.compress import CODECS
 from training.datasets import DATASETS, DataSplits
 from training.errors import TrainingError
 from training.export import PIXELS_SIGNATURE, dir_bytes, export_model, inference_copy
 from training.report import write_report
-from training.trainer import EVAL_BATCH, EpochStats, TrainConfig, balanced_class_weights, evaluate, train
+from training.trainer import EVAL_BATCH, EpochStats, TrainConfig, balanced_class_weights, train
 
 EXPORT_SAMPLES = 16  # test images used for warm-up records and export verification
 DEFAULT_REPORTS = Path("reports/training")
@@ -165,12 +169,14 @@ def run(options: Options, echo: Callable[[str], None] = print) -> Outcome:
     epochs = _train_phases(model, splits, options, backbone, source.augmentation, echo)
     train_seconds = time.monotonic() - train_started
 
-    evaluation = evaluate(model, splits.test, len(splits.labels))
+    calibrated = calibrate(model, backbone.ood_layer, splits, spec, echo)
+    evaluation = calibrated.evaluation
     echo(f"{splits.test_name} accuracy {evaluation.accuracy:.4f} on {evaluation.count} images")
 
     samples = _samples(splits.test, EXPORT_SAMPLES)
+    detector = calibrated.fit.detector
     export_dir = export_model(model, splits.labels, spec, options.models_dir / options.model_name,
-                              samples, model_name=options.model_name)
+                              samples, model_name=options.model_name, ood=detector)
     size = dir_bytes(export_dir)
     echo(f"exported {export_dir} ({size / 1e6:.2f} MB), verified by reloading")
     variants: list[Variant] = []
@@ -179,7 +185,7 @@ def run(options: Options, echo: Callable[[str], None] = print) -> Outcome:
     for codec in options.compress:
         name = f"{options.model_name}-{codec}"
         small_dir = export_model(model, splits.labels, spec, options.models_dir / name, samples,
-                                 model_name=name, codec=CODECS[codec])
+                                 model_name=name, codec=CODECS[codec], ood=detector)
         variants.append(_measure(name, small_dir, codec, splits.test))
     for v in variants:
         echo(f"{v.model_name:<24} {v.weights:<8} {v.saved_model_bytes / 1e6:8.2f} MB "
@@ -200,7 +206,7 @@ def run(options: Options, echo: Callable[[str], None] = print) -> Outcome:
         "finished": finished.isoformat(timespec="seconds"), "tensorflow": tf.__version__,
         "keras": keras.__version__, "parameters": model.count_params(), "settings": settings,
         "variants": [{**asdict(v), "export_dir": str(v.export_dir)} for v in variants],
-    }, epochs=epochs, evaluation=evaluation, labels=splits.labels)
+    }, epochs=epochs, evaluation=evaluation, labels=splits.labels, calibrated=calibrated)
     echo(f"report: {page}")
     return Outcome(export_dir=export_dir, report_page=page, test_accuracy=evaluation.accuracy,
                    saved_model_bytes=size, variants=tuple(variants))

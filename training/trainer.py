@@ -151,7 +151,12 @@ def evaluate(model: keras.Model, ds: tf.data.Dataset, num_classes: int) -> Evalu
     for images, labels in batched(ds, EVAL_BATCH):
         probabilities.append(model(images, training=False).numpy())
         truth.append(labels.numpy())
-    probs, labels = np.concatenate(probabilities), np.concatenate(truth).astype(np.int64)
+    return evaluation_of(np.concatenate(probabilities), np.concatenate(truth), num_classes)
+
+
+def evaluation_of(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> Evaluation:
+    """Accuracy, cross-entropy and confusion matrix from predicted probabilities and true labels."""
+    labels = labels.astype(np.int64)
     predicted = probs.argmax(axis=1)
     confusion = np.bincount(labels * num_classes + predicted, minlength=num_classes ** 2)
     loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0))))
