@@ -601,21 +601,12 @@ def test_runtime_class_component_sets_the_nvidia_runtime_on_model_servers_only()
     assert "runtimeClassName" not in pod_spec(one("overlays/gpu", "Deployment", "model-server"))
 
 
-class _FakeTfServingStatus(http.server.BaseHTTPRequestHandler):
-    """Answers GET /v1/models/<name> the way tensorflow_model_server's REST API does."""
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    """An HTTP handler that answers with `reply` and logs nothing."""
 
-    states: dict[str, str] = {}
-
-    def do_GET(self):  # noqa: N802 (http.server's naming)
-        model = self.path.removeprefix("/v1/models/")
-        if model not in self.states:
-            body, code = (b'{ "error": "Could not find any versions of model %s" }' % model.encode()), 404
-        else:
-            body, code = ('{\n "model_version_status": [\n  {\n   "version": "1",\n   "state": "%s",\n'
-                          '   "status": {\n    "error_code": "OK",\n    "error_message": ""\n   }\n  }\n ]\n}\n'
-                          % self.states[model]).encode(), 200
+    def reply(self, code: int, body: bytes, content_type: str) -> None:
         self.send_response(code)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -625,21 +616,39 @@ class _FakeTfServingStatus(http.server.BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def _fake_tf_serving(states: dict[str, str] | None):
-    """A port where a fake TF Serving answers with `states`; None: a port nothing listens on."""
-    handler = type("Handler", (_FakeTfServingStatus,), {"states": states or {}})
+def serving(handler: type[http.server.BaseHTTPRequestHandler], listen: bool = True) -> Iterator[int]:
+    """A port on 127.0.0.1 where `handler` answers (listen=False: a port nothing listens on)."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    if states is None:
+    if not listen:
         server.server_close()
         yield server.server_address[1]
         return
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
     try:
         yield server.server_address[1]
     finally:
         server.shutdown()
         server.server_close()
+
+
+class _FakeTfServingStatus(QuietHandler):
+    """Answers GET /v1/models/<name> the way tensorflow_model_server's REST API does."""
+
+    states: dict[str, str] = {}
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        model = self.path.removeprefix("/v1/models/")
+        if model not in self.states:
+            self.reply(404, b'{ "error": "Could not find any versions of model %s" }' % model.encode(), "application/json")
+            return
+        self.reply(200, ('{\n "model_version_status": [\n  {\n   "version": "1",\n   "state": "%s",\n'
+                         '   "status": {\n    "error_code": "OK",\n    "error_message": ""\n   }\n  }\n ]\n}\n'
+                         % self.states[model]).encode(), "application/json")
+
+
+def fake_tf_serving(states: dict[str, str] | None):
+    """A port where a fake TF Serving answers with `states`; None: a port nothing listens on."""
+    return serving(type("Handler", (_FakeTfServingStatus,), {"states": states or {}}), listen=states is not None)
 
 
 @pytest.mark.parametrize("models, states, ready", [
@@ -661,7 +670,7 @@ def test_model_server_readiness_requires_every_configured_model_available(tmp_pa
         f'  config {{\n    name: "{m}"\n    base_path: "/models/{m}"\n    model_platform: "tensorflow"\n  }}\n'
         for m in models) + "}\n")
     command = list(c["readinessProbe"]["exec"]["command"])
-    with _fake_tf_serving(states) as port:
+    with fake_tf_serving(states) as port:
         command[-1] = (command[-1].replace(f"{mount}/models.config", f"{tmp_path}/models.config")
                                   .replace(f"/dev/tcp/127.0.0.1/{rest_port}", f"/dev/tcp/127.0.0.1/{port}"))
         proc = subprocess.run(command, capture_output=True, text=True, timeout=c["readinessProbe"]["timeoutSeconds"])

@@ -31,7 +31,7 @@ import yaml
 
 import k8s_runbook_shims
 from k8s_fake_apiserver import FakeCluster
-from test_k8s_policy import _fake_tf_serving
+from test_k8s_policy import QuietHandler, fake_tf_serving, serving
 from tools import k8s_check
 
 pytestmark = pytest.mark.slow   # about a minute: some hundred kubectl calls
@@ -266,7 +266,7 @@ def test_the_model_server_loop_reads_versions_from_a_tf_serving(run):
     scripts = [c[2] for c in _exec_commands(run, "bash") if c[1] == "-c"]
     assert scripts
     for script in scripts:
-        with _fake_tf_serving({"fashion": "AVAILABLE"}) as port:
+        with fake_tf_serving({"fashion": "AVAILABLE"}) as port:
             done = subprocess.run(["bash", "-c", script.replace("/dev/tcp/127.0.0.1/8501", f"/dev/tcp/127.0.0.1/{port}")],
                                   capture_output=True, text=True, timeout=10)
         assert done.returncode == 0 and '"version": "1"' in done.stdout and '"AVAILABLE"' in done.stdout, done
@@ -280,32 +280,17 @@ gateway_shadow_comparisons_total{model="fashion",candidate_version="2",top1="dif
 
 @pytest.mark.parametrize("same, different, verdict, code", [(995, 5, "PROMOTE", 0), (800, 200, "HOLD", 1)])
 def test_the_canary_report_the_runbook_runs_gives_a_verdict(run, same, different, verdict, code):
-    import http.server
-    import threading
-
     commands = [c for c in _exec_commands(run, "python") if c[1:3] == ["-m", "gateway.canary_report"]]
     assert commands
     body = (SAMPLE_METRICS % (same, different)).encode()
 
-    class Metrics(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    class Metrics(QuietHandler):
+        def do_GET(self):  # noqa: N802 (http.server's naming)
+            self.reply(200, body, "text/plain; version=0.0.4")
 
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-    try:
+    with serving(Metrics) as port:
         for command in commands:
-            argv = [a if not a.startswith("http://127.0.0.1:8080/") else
-                    f"http://127.0.0.1:{server.server_address[1]}/metrics" for a in command[1:]]
+            argv = [f"http://127.0.0.1:{port}/metrics" if a.startswith("http://127.0.0.1:8080/") else a
+                    for a in command[1:]]
             done = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=60)
             assert done.returncode == code and verdict in done.stdout, (done.stdout, done.stderr)
-    finally:
-        server.shutdown()
-        server.server_close()

