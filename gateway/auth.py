@@ -28,8 +28,9 @@ CHALLENGE = 'Bearer realm="gateway"'
 
 
 class ApiKeyAuth:
-    def __init__(self, keys: Sequence[str], public_health_and_metrics: bool = True):
-        self._keys = tuple(key.encode() for key in keys)
+    def __init__(self, keys: Sequence[tuple[str, str]], public_health_and_metrics: bool = True):
+        """`keys`: (caller name, key) pairs (settings.named_api_keys)."""
+        self._keys = tuple((name, key.encode()) for name, key in keys)
         self._public = PUBLIC_PATHS if public_health_and_metrics else frozenset()
 
     @property
@@ -49,9 +50,19 @@ class ApiKeyAuth:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise Unauthenticated("the authorization header must be `Bearer <key>`")
-        given = token.encode("utf-8", "replace")
-        matched = False
-        for key in self._keys:  # no early exit: the time taken does not say which key was close
-            matched |= hmac.compare_digest(given, key)
-        if not matched:
+        if self.caller(authorization) is None:
             raise Unauthenticated("the API key is not valid")
+
+    def caller(self, authorization: str | None) -> str | None:
+        """The name of the API key in an `authorization` value, None when it holds none of them."""
+        if not self._keys or not authorization:
+            return None
+        scheme, _, token = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        given = token.strip().encode("utf-8", "replace")
+        found = None
+        for name, key in self._keys:  # no early exit: the time taken does not say which key was close
+            if hmac.compare_digest(given, key):
+                found = name
+        return found

@@ -33,6 +33,8 @@ SIGNATURE = "serving_default"
 PREFERRED_INPUT = "images"
 SCORES = "scores"
 CLASSES = "classes"
+OOD_SCORE = "ood_score"          # optional outputs: how unlike the training data each image is,
+OOD_THRESHOLD = "ood_threshold"  # and the model's own calibrated limit (gateway/thresholds.py)
 AVAILABLE = "AVAILABLE"
 
 # Errors that say "this model server is not healthy" (they count towards ejecting it). A
@@ -49,6 +51,7 @@ class Signature:
     version: int
     input_name: str
     input: InputSpec
+    ood: bool = False   # it has the outputs ood_score and ood_threshold
 
 
 @dataclass(frozen=True)
@@ -60,10 +63,25 @@ class ServedVersion:
     input_name: str
     input: InputSpec
     labels: tuple[str, ...]
+    ood: bool = False
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """What a Predict for this version asks for."""
+        return (SCORES, OOD_SCORE, OOD_THRESHOLD) if self.ood else (SCORES,)
 
     def compatible(self, other: "ServedVersion") -> bool:
         """Pixels decoded for `other` fit this version too."""
         return (self.input_name, self.input) == (other.input_name, other.input)
+
+
+@dataclass(frozen=True)
+class Scores:
+    """One image's answer from the model: class scores, and the OOD score and threshold when exported."""
+
+    values: list[float]
+    ood_score: float | None = None
+    ood_threshold: float | None = None
 
 
 @dataclass(frozen=True)
@@ -153,11 +171,11 @@ class Endpoint:
         """Input and labels of one version, asked of this endpoint."""
         signature = await self.signature(name, version)
         labels = await self.labels(name, signature)
-        return ServedVersion(name, signature.version, signature.input_name, signature.input, labels)
+        return ServedVersion(name, signature.version, signature.input_name, signature.input, labels, signature.ood)
 
-    async def predict(self, info: ServedVersion, pixels: bytes, count: int, deadline: float) -> list[list[float]]:
-        """Scores for `count` images (`pixels` holds them back to back), one row per image."""
-        request = predict_request(info.name, info.version, info.input_name, pixels, count, info.input, SCORES)
+    async def predict(self, info: ServedVersion, pixels: bytes, count: int, deadline: float) -> list[Scores]:
+        """Scores for `count` images (`pixels` holds them back to back), one per image."""
+        request = predict_request(info.name, info.version, info.input_name, pixels, count, info.input, info.outputs)
         self.inflight += 1
         try:
             response = await self._call("Predict", self._predictions.Predict, request, info.name,
@@ -165,7 +183,12 @@ class Endpoint:
         finally:
             self.inflight -= 1
         try:
-            return parse_scores(response, count, len(info.labels))
+            rows = parse_scores(response, count, len(info.labels))
+            if not info.ood:
+                return [Scores(row) for row in rows]
+            ood = parse_per_image(response, OOD_SCORE, count)
+            limits = parse_per_image(response, OOD_THRESHOLD, count)
+            return [Scores(row, s, t) for row, s, t in zip(rows, ood, limits)]
         except (KeyError, ValueError) as exc:
             log.error("model %s version %s answered unusable scores: %s", info.name, info.version, exc)
             raise CallFailed(f"the model server's answer for model {info.name} was unusable",
@@ -225,9 +248,9 @@ class Endpoint:
 # -- the messages: built and read here, so tests/test_wire_compat.py can check them byte for byte ----
 
 def predict_request(name: str, version: int, input_name: str, pixels: bytes, count: int,
-                    spec: InputSpec, output: str) -> apis.PredictRequest:
-    """Predict on `count` images (uint8 tensor_content), pinned to `version`, one output."""
-    request = apis.PredictRequest(output_filter=[output])
+                    spec: InputSpec, output: str | tuple[str, ...]) -> apis.PredictRequest:
+    """Predict on `count` images (uint8 tensor_content), pinned to `version`, for the named output(s)."""
+    request = apis.PredictRequest(output_filter=[output] if isinstance(output, str) else list(output))
     request.model_spec.name = name
     request.model_spec.version.value = version
     request.model_spec.signature_name = SIGNATURE
@@ -261,6 +284,15 @@ def parse_scores(response: apis.PredictResponse, count: int, classes: int) -> li
     return tensors.rows(tensors.float_values(scores), shape)
 
 
+def parse_per_image(response: apis.PredictResponse, output: str, count: int) -> list[float]:
+    """A float output with one value per image (shape [count])."""
+    tensor = response.outputs[output]
+    shape = tensors.shape_of(tensor)
+    if shape != (count,):
+        raise tensors.TensorError(f"`{output}` has shape {list(shape)}, expected {[count]}")
+    return tensors.float_values(tensor)
+
+
 def parse_labels(response: apis.PredictResponse) -> tuple[str, ...]:
     """The first row of the `classes` output, as text."""
     classes = response.outputs[CLASSES]
@@ -292,4 +324,4 @@ def parse_signature(name: str, response: apis.GetModelMetadataResponse) -> Signa
         spec = InputSpec(height, width, channels)
     except ValueError as exc:
         raise Unavailable(f"{where}: {exc}") from None
-    return Signature(version, input_name, spec)
+    return Signature(version, input_name, spec, {OOD_SCORE, OOD_THRESHOLD} <= set(signature.outputs))

@@ -1,19 +1,28 @@
-"""Micro-batching: concurrent requests for one model coalesced into one backend call.
+"""Micro-batching with fair queueing: concurrent requests for one model coalesced into one backend call.
 
-Callers `submit()` one item and await their own row of the answer. A worker task flushes a batch
-when `max_batch_size` items wait or the oldest has waited `max_wait` seconds, whichever comes
-first, and sends it with `send(key, payloads, deadline)`. When no batch is in flight, what waits
-is sent at once: an idle model answers a lone request without the wait. At most `max_concurrent`
-batches are in flight; while they all are, new items wait in the queue and form the next, bigger
-batch - batching adapts to load.
+Callers `submit()` one item, saying who they are (`caller`: an API key's name, a client id, an
+address), and await their own row of the answer. A worker task flushes a batch when
+`max_batch_size` items wait or the oldest has waited `max_wait` seconds, whichever comes first, and
+sends it with `send(key, payloads, deadline)`. When no batch is in flight, what waits is sent at
+once: an idle model answers a lone request without the wait. At most `max_concurrent` batches are
+in flight (the caller of `set_capacity` may change that); while they all are, new items wait and
+form the next, bigger batch - batching adapts to load.
 
-Bounds and fairness:
-* the queue holds at most `max_queue` items; one more is refused at once (Overloaded), so
-  overload shows up as fast errors, not as growing latency for everyone;
+Fairness: every caller has a queue of its own, and batches are filled from them by deficit round
+robin - each turn a caller may add up to its `weight` items (`policy(caller)` says) - so a caller's wait depends on its own
+backlog, not on everyone's, while batches still fill from all callers. Callers of the `bulk` class
+only fill what room `interactive` callers leave.
+
+Bounds:
+* at most `max_queue` items wait in all, and at most the limit `policy` gives a caller (0: no limit
+  of its own). When a bound is hit, the item turned away is the newest of the caller with the most waiting
+  - the newcomer itself when that is its own caller - so overload is refused to whoever causes it,
+  never to a quiet caller; the refusal is Overloaded with a retry hint;
 * callers that gave up (cancelled) are dropped before their batch is sent, and a call whose every
   caller gave up is cancelled;
-* a batch's deadline is the earliest of its callers' deadlines; items already past theirs fail with
-  DEADLINE_EXCEEDED instead of being sent;
+* every item has its own deadline: one past it fails with DEADLINE_EXCEEDED instead of being sent,
+  and a batch's backend call gets the latest deadline among its items, so an impatient caller never
+  fails the others (its own wait ends at its deadline, in its own task);
 * a batch holds items of one `key` only (the model version they were prepared for);
 * the backend call runs in the context (contextvars: trace, request ids) of the batch's oldest caller.
 """
@@ -27,12 +36,14 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Generic, Hashable, TypeVar
 
-from gateway.errors import DeadlineExceeded, GatewayError, InternalError, Overloaded, Unavailable
+from gateway.errors import DeadlineExceeded, GatewayError, InternalError, Overloaded, ShuttingDown
 
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 SendBatch = Callable[[Hashable, list[Any], float], Awaitable[list[R]]]
+CallerPolicy = Callable[[str], tuple[float, bool, int]]   # caller -> (weight, bulk?, queue limit or 0)
+MIN_RETRY_AFTER, MAX_RETRY_AFTER = 0.05, 5.0
 
 
 @dataclass(frozen=True)
@@ -51,28 +62,54 @@ class _Item:
     payload: Any
     deadline: float
     enqueued: float
+    caller: "_Caller" = field(repr=False)
     future: asyncio.Future = field(repr=False)
     context: contextvars.Context = field(repr=False, default_factory=contextvars.copy_context)
+    waiting: bool = True   # counted in the queue (not yet taken, dropped or turned away)
+
+
+@dataclass
+class _Caller:
+    name: str
+    weight: float
+    bulk: bool
+    limit: int             # most items it may have waiting (0: no limit of its own)
+    queues: dict = field(default_factory=dict)   # key -> deque of items, oldest first
+    waiting: int = 0       # live items queued (cancelled ones leave the count at once, the deque later)
+    deficit: float = 0.0
+
+    def items(self):
+        for queue in self.queues.values():
+            yield from queue
+
+    def oldest_key(self) -> Hashable:
+        return min(self.queues, key=lambda k: self.queues[k][0].enqueued)
 
 
 class MicroBatcher(Generic[R]):
     def __init__(self, name: str, send: SendBatch, *, max_batch_size: int, max_wait: float,
                  max_queue: int, max_concurrent: int,
+                 policy: CallerPolicy = lambda caller: (1.0, False, 0),
                  on_queue_depth: Callable[[int], None] = lambda depth: None,
+                 on_caller_depth: Callable[[str, int], None] = lambda caller, depth: None,
                  on_batch: Callable[[int], None] = lambda size: None):
         self.name = name
         self._send = send
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait
         self.max_queue = max_queue
-        self._on_queue_depth = on_queue_depth
-        self._on_batch = on_batch
-        self._queue: collections.deque[_Item] = collections.deque()
-        self._arrived = asyncio.Event()    # the queue is not empty
-        self._full = asyncio.Event()       # a whole batch is waiting
         self.max_concurrent = max_concurrent
-        self._inflight = 0                 # batches being sent
+        self._policy = policy
+        self._on_queue_depth = on_queue_depth
+        self._on_caller_depth = on_caller_depth
+        self._on_batch = on_batch
+        self._callers: collections.OrderedDict[str, _Caller] = collections.OrderedDict()  # turn order
+        self._waiting = 0                  # live items in all queues
+        self._arrived = asyncio.Event()    # something waits
+        self._full = asyncio.Event()       # a whole batch is waiting
         self._slot_free = asyncio.Event()
+        self._inflight = 0                 # batches being sent
+        self._seconds_per_item = 0.001     # recent backend time per item, for retry hints
         self._worker: asyncio.Task | None = None
         self._sending: set[asyncio.Task] = set()
         self._closed = False
@@ -82,37 +119,80 @@ class MicroBatcher(Generic[R]):
         self.max_concurrent = max(1, max_concurrent)
         self._slot_free.set()
 
-    async def submit(self, key: Hashable, payload: Any, deadline: float) -> BatchResult[R]:
-        """Queue one item and wait for its row (cancelling the wait drops it from its batch)."""
+    def waiting(self, caller: str) -> int:
+        state = self._callers.get(caller)
+        return state.waiting if state else 0
+
+    async def submit(self, key: Hashable, payload: Any, deadline: float, caller: str = "") -> BatchResult[R]:
+        """Queue one item for `caller` and wait for its row (cancelling the wait drops it from its
+        batch). Overloaded when a bound turns it away; ShuttingDown after close()."""
         if self._closed:
-            raise Unavailable("the gateway is shutting down")
-        if len(self._queue) >= self.max_queue:
-            raise Overloaded(f"model {self.name} has {self.max_queue} requests queued; retry later")
+            raise ShuttingDown("the gateway is shutting down")
+        state = self._callers.get(caller)
+        if state is None:
+            state = self._callers[caller] = _Caller(caller, *self._policy(caller))
+        if state.limit and state.waiting >= state.limit:
+            raise self._overloaded(state, f"caller {caller or 'anonymous'} has {state.waiting} requests queued "
+                                          f"for model {self.name} (its limit)")
+        if self._waiting >= self.max_queue:
+            self._make_room(state)
         loop = asyncio.get_running_loop()
         if self._worker is None:
             # A fresh context: the long-lived worker must not keep the first caller's (trace, ids).
-            self._worker = loop.create_task(self._run(), name=f"batcher-{self.name}",
-                                            context=contextvars.Context())
-        item = _Item(key, payload, deadline, loop.time(), loop.create_future())
-        self._queue.append(item)
+            self._worker = loop.create_task(self._run(), name=f"batcher-{self.name}", context=contextvars.Context())
+        item = _Item(key, payload, deadline, loop.time(), state, loop.create_future())
+        item.future.add_done_callback(lambda _: self._leave(item))
+        state.queues.setdefault(key, collections.deque()).append(item)
+        state.waiting += 1
+        self._waiting += 1
+        self._on_caller_depth(caller, state.waiting)
         self._changed()
         return await item.future
 
     async def close(self) -> None:
-        """Stop the worker; queued and in-flight callers get Unavailable."""
+        """Stop the worker; queued and in-flight callers get ShuttingDown."""
         self._closed = True
         tasks = [t for t in [self._worker, *self._sending] if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        while self._queue:
-            item = self._queue.popleft()
-            if not item.future.done():
-                item.future.set_exception(Unavailable("the gateway is shutting down"))
+        for state in self._callers.values():
+            for item in state.items():
+                if not item.future.done():
+                    item.future.set_exception(ShuttingDown("the gateway is shutting down"))
+        self._callers.clear()
         self._changed()
 
+    # -- bounds --------------------------------------------------------------------------------
+
+    def _make_room(self, newcomer: _Caller) -> None:
+        """The queue is full: turn away the newest item of the caller with the most waiting."""
+        heaviest = max(self._callers.values(), key=lambda c: c.waiting)
+        if heaviest is newcomer or heaviest.waiting <= newcomer.waiting + 1:
+            raise self._overloaded(newcomer, f"model {self.name} has {self.max_queue} requests queued")
+        for item in sorted(heaviest.items(), key=lambda i: i.enqueued, reverse=True):
+            if item.waiting:
+                item.future.set_exception(self._overloaded(
+                    heaviest, f"model {self.name} has {self.max_queue} requests queued, most of them yours"))
+                self._leave(item)
+                return
+
+    def _overloaded(self, caller: _Caller, why: str) -> Overloaded:
+        slots = max(1, self.max_concurrent) * self.max_batch_size
+        wait = min(MAX_RETRY_AFTER, max(MIN_RETRY_AFTER, caller.waiting * self._seconds_per_item * self.max_batch_size / slots))
+        return Overloaded(f"{why}; retry in {wait:.2f} s", retry_after=wait, metadata={"model": self.name})
+
+    def _leave(self, item: _Item) -> None:
+        """An item stops counting as waiting (taken into a batch, answered, dropped, turned away)."""
+        if item.waiting:
+            item.waiting = False
+            item.caller.waiting -= 1
+            self._waiting -= 1
+            self._on_caller_depth(item.caller.name, item.caller.waiting)
+            self._changed()
+
     def _changed(self) -> None:
-        depth = len(self._queue)
+        depth = self._waiting
         self._on_queue_depth(depth)
         if depth:
             self._arrived.set()
@@ -122,6 +202,8 @@ class MicroBatcher(Generic[R]):
             self._full.set()
         else:
             self._full.clear()
+
+    # -- the worker ------------------------------------------------------------------------------
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -133,7 +215,8 @@ class MicroBatcher(Generic[R]):
             self._inflight += 1
             # The backend call runs in its oldest caller's context, so a trace started by that
             # request continues into the Predict that answers it.
-            task = loop.create_task(self._send_batch(batch, loop), context=batch[0].context.copy())
+            oldest = min(batch, key=lambda item: item.enqueued)
+            task = loop.create_task(self._send_batch(batch, loop), context=oldest.context.copy())
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
 
@@ -142,7 +225,9 @@ class MicroBatcher(Generic[R]):
         flight), then take one batch."""
         while True:
             await self._arrived.wait()
-            wait_left = self._queue[0].enqueued + self.max_wait - loop.time()
+            oldest = min((q[0].enqueued for c in self._callers.values() for q in c.queues.values()),
+                         default=loop.time())
+            wait_left = oldest + self.max_wait - loop.time()
             if wait_left > 0 and self._sending and not self._full.is_set():
                 try:
                     async with asyncio.timeout(wait_left):
@@ -152,27 +237,71 @@ class MicroBatcher(Generic[R]):
             batch = self._take(loop.time())
             if batch:
                 return batch
+            await asyncio.sleep(0)  # only gone or expired items were left: let their callers' callbacks run
 
     def _take(self, now: float) -> list[_Item]:
-        """Up to max_batch_size live items sharing the oldest live item's key."""
+        """Up to max_batch_size live items sharing one key: interactive callers first, each turn a
+        caller adds up to its weight (deficit round robin); then bulk callers the same way."""
         batch: list[_Item] = []
-        keep: collections.deque[_Item] = collections.deque()
-        key = None
-        while self._queue:
-            item = self._queue.popleft()
-            if item.future.done():          # the caller gave up
-                continue
-            if item.deadline <= now:
-                item.future.set_exception(DeadlineExceeded("the deadline passed while waiting for a batch"))
-                continue
-            if len(batch) < self.max_batch_size and (key is None or item.key == key):
-                key = item.key
-                batch.append(item)
-            else:
-                keep.append(item)
-        self._queue = keep
-        self._changed()
+        key: list[Hashable] = []
+        for bulk in (False, True):
+            callers = [c for c in self._callers.values() if c.bulk is bulk]
+            while len(batch) < self.max_batch_size:
+                progress = False
+                for caller in callers:
+                    if len(batch) >= self.max_batch_size:
+                        break
+                    if self._serve(caller, batch, key, now):
+                        progress = True
+                if not progress:
+                    break
+        for caller in list(self._callers.values()):
+            if not caller.queues:
+                del self._callers[caller.name]   # an idle caller keeps no state (nor a deficit)
         return batch
+
+    def _serve(self, caller: _Caller, batch: list[_Item], key: list[Hashable], now: float) -> bool:
+        """One turn of `caller`: True when it added an item (of the batch's key)."""
+        for k in list(caller.queues):
+            self._drop_dead(caller, k, now)
+        if not caller.queues:
+            caller.deficit = 0.0
+            return False
+        if not key:
+            key.append(caller.oldest_key())
+        queue = caller.queues.get(key[0])
+        if queue is None:
+            return False   # nothing for this version: it waits for a batch of its own
+        caller.deficit += caller.weight
+        added = False
+        while queue and caller.deficit >= 1.0 and len(batch) < self.max_batch_size:
+            item = queue.popleft()
+            self._leave(item)
+            batch.append(item)
+            caller.deficit -= 1.0
+            added = True
+            self._drop_dead(caller, key[0], now)
+        if added:
+            self._callers.move_to_end(caller.name)   # the next batch starts with the next caller
+        if not caller.queues:
+            caller.deficit = 0.0
+        return added
+
+    def _drop_dead(self, caller: _Caller, key: Hashable, now: float) -> None:
+        """Pop the leading items of one of the caller's queues that need no answer: gone, or past
+        their deadline; an emptied queue goes."""
+        queue = caller.queues.get(key)
+        while queue:
+            item = queue[0]
+            if item.future.done():
+                queue.popleft()
+            elif item.deadline <= now:
+                queue.popleft()
+                item.future.set_exception(DeadlineExceeded("the deadline passed while waiting for a batch"))
+            else:
+                return
+            self._leave(item)
+        caller.queues.pop(key, None)
 
     async def _send_batch(self, batch: list[_Item], loop: asyncio.AbstractEventLoop) -> None:
         started = loop.time()
@@ -187,12 +316,12 @@ class MicroBatcher(Generic[R]):
             item.future.add_done_callback(caller_gone)
         try:
             self._on_batch(len(batch))
-            deadline = min(item.deadline for item in batch)
+            deadline = max(item.deadline for item in batch)
             rows = await self._send(batch[0].key, [item.payload for item in batch], deadline)
             if len(rows) != len(batch):
                 raise RuntimeError(f"batch of {len(batch)} got {len(rows)} rows back")
         except asyncio.CancelledError:
-            self._fail(batch, Unavailable("the gateway is shutting down"))
+            self._fail(batch, ShuttingDown("the gateway is shutting down"))
             raise
         except GatewayError as exc:
             self._fail(batch, exc)
@@ -202,6 +331,7 @@ class MicroBatcher(Generic[R]):
         else:
             answered = True
             predict = loop.time() - started
+            self._seconds_per_item = 0.8 * self._seconds_per_item + 0.2 * predict / len(batch)
             for item, row in zip(batch, rows):
                 if not item.future.done():
                     item.future.set_result(BatchResult(row, started - item.enqueued, predict, len(batch)))

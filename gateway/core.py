@@ -16,14 +16,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Hashable, Sequence
 
-from gateway.backend import ServedVersion, VersionGone
+from gateway.backend import Scores, ServedVersion, VersionGone
 from gateway.batcher import MicroBatcher
 from gateway.decode import Decoder, parse_colour
-from gateway.errors import DeadlineExceeded, GatewayError, InvalidArgument, TooLarge
+from gateway.callers import CallerLabels
+from gateway.errors import (DeadlineExceeded, GatewayError, InternalError, InvalidArgument, Overloaded,
+                            TooManyImages)
 from gateway.fleet import Fleet
 from gateway.metrics import Metrics
 from gateway.registry import ModelRegistry
@@ -31,6 +34,8 @@ from gateway.routing import VersionRequest
 from gateway.settings import Settings
 from gateway.shadow import Shadow
 from gateway.thresholds import Decision, decide
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,8 @@ class ClassifyInput:
     version: int = 0        # 0 means the gateway's choice
     version_label: str = ""  # a label of the model's settings, or "" for none
     route_key: str | None = None  # keeps a caller on the same side of a canary split (x-canary-key, API key)
+    caller: str = ""        # who asks (gateway/callers.py): its own queue in the batcher
+    id: str = ""            # the caller's name for this image, echoed in its answer
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,7 @@ class ClassifierService:
         self._batchers = {name: self._make_batcher(name) for name in registry.names}
         self._shadow = Shadow(settings, fleet, decoder, metrics, registry.names)
         self._outstanding = {name: collections.Counter() for name in registry.names}  # version -> images
+        self._caller_labels = CallerLabels()
         fleet.add_listener(self._resize)
 
     def _make_batcher(self, name: str) -> MicroBatcher:
@@ -84,7 +92,10 @@ class ClassifierService:
         return MicroBatcher(
             name, functools.partial(self._predict, name), max_batch_size=s.max_batch_size,
             max_wait=s.max_wait_ms / 1000.0, max_queue=s.max_queue, max_concurrent=s.max_concurrent_batches,
+            policy=lambda caller: self._settings.caller_policy(caller),
             on_queue_depth=self._metrics.queue_depth.labels(name).set,
+            on_caller_depth=lambda caller, depth: self._metrics.caller_queue_depth.labels(
+                name, self._caller_labels(caller)).set(depth),
             on_batch=self._metrics.batch_size.labels(name).observe,
         )
 
@@ -120,17 +131,28 @@ class ClassifierService:
         except TimeoutError:
             raise DeadlineExceeded("the deadline passed before the image was classified") from None
 
-    async def classify_many(self, requests: Sequence[ClassifyInput], deadline: float) -> list[Classification]:
-        """All or nothing: the first failure cancels the rest and names its index."""
-        if len(requests) > self._settings.max_images_per_request:
-            raise TooLarge(f"{len(requests)} images in one request; the limit is "
-                           f"{self._settings.max_images_per_request}")
+    async def attempt(self, request: ClassifyInput, deadline: float) -> Classification | GatewayError:
+        """classify(), with a failure returned as the outcome instead of raised (for per-item answers)."""
         try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(self._indexed(i, r, deadline)) for i, r in enumerate(requests)]
-        except ExceptionGroup as errors:
-            raise _first(errors) from None
-        return [task.result() for task in tasks]
+            return await self.classify(request, deadline)
+        except GatewayError as exc:
+            return exc
+        except Exception:
+            log.exception("classifying one image failed")
+            return InternalError()
+
+    async def classify_many(self, requests: Sequence[ClassifyInput], deadline: float) -> list[Classification | GatewayError]:
+        """One outcome per image, in order: its classification, or the error that failed it alone.
+        TooManyImages for more than max_images_per_request; DeadlineExceeded when the call's own
+        deadline passed before every image was answered."""
+        limit = self._settings.max_images_per_request
+        if len(requests) > limit:
+            raise TooManyImages(f"{len(requests)} images in one request; the limit is {limit}",
+                                metadata={"limit": str(limit)})
+        outcomes = await asyncio.gather(*(self.attempt(r, deadline) for r in requests))
+        if asyncio.get_running_loop().time() >= deadline and any(isinstance(o, DeadlineExceeded) for o in outcomes):
+            raise DeadlineExceeded("the deadline passed before every image was classified")
+        return outcomes
 
     async def list_models(self) -> list[ModelStatus]:
         out = []
@@ -148,13 +170,11 @@ class ClassifierService:
         await self._shadow.close()
         await asyncio.gather(*(b.close() for b in self._batchers.values()))
 
-    # -- the stages --------------------------------------------------------------------------
+    def update(self, settings: Settings) -> None:
+        """Take the caller settings (weights, priorities, limits) of a reloaded config."""
+        self._settings = settings
 
-    async def _indexed(self, index: int, request: ClassifyInput, deadline: float) -> Classification:
-        try:
-            return await self.classify(request, deadline)
-        except GatewayError as exc:
-            raise GatewayError(f"requests[{index}]: {exc.message}", exc.kind) from None
+    # -- the stages --------------------------------------------------------------------------
 
     def _top_k(self, top_k: int) -> int:
         if top_k < 0:
@@ -175,14 +195,20 @@ class ClassifierService:
             started = time.perf_counter()
             pixels = await self._decoder.decode(request.image, info.input, background)
             stages["decode"] = time.perf_counter() - started
-            result = await self._batchers[name].submit((info.version, plan.route.strict), pixels, deadline)
+            result = await self._batchers[name].submit((info.version, plan.route.strict), pixels, deadline,
+                                                        request.caller)
+        except Overloaded:
+            self._metrics.caller_rejections.labels(name, self._caller_labels(request.caller)).inc()
+            raise
         finally:
             outstanding[info.version] -= 1
+        self._metrics.caller_queue_wait.labels(name, self._caller_labels(request.caller)).observe(result.queue_wait)
         used, scores = result.value
         stages["queue_wait"], stages["predict"] = result.queue_wait, result.predict
 
         started = time.perf_counter()
-        decision = decide(used.labels, scores, settings.thresholds, settings.uncertain_label, top_k)
+        decision = decide(used.labels, scores.values, settings.thresholds, settings.uncertain_label, top_k,
+                          scores.ood_score, scores.ood_threshold)
         stages["decide"] = time.perf_counter() - started
 
         self._metrics.observe_stages(name, stages)
@@ -192,7 +218,7 @@ class ClassifierService:
         return Classification(name, used.version, decision, stages)
 
     async def _predict(self, name: str, key: Hashable, payloads: list[bytes],
-                       deadline: float) -> list[tuple[ServedVersion, list[float]]]:
+                       deadline: float) -> list[tuple[ServedVersion, Scores]]:
         """The batcher's send: one Predict for the batch, to an endpoint serving its version. When no
         endpoint serves it any more (a rollout moved on), default traffic goes once more to the
         version default traffic uses now; a request that named its version does not."""
@@ -217,15 +243,3 @@ class ClassifierService:
 @functools.lru_cache(maxsize=64)
 def _colour(name: str) -> tuple[int, int, int]:
     return parse_colour(name)
-
-
-def _first(errors: BaseExceptionGroup) -> BaseException:
-    """The error to report from a failed group: the first GatewayError, else the first error."""
-    leaves: list[BaseException] = []
-
-    def walk(group: BaseExceptionGroup) -> None:
-        for exc in group.exceptions:
-            walk(exc) if isinstance(exc, BaseExceptionGroup) else leaves.append(exc)
-
-    walk(errors)
-    return next((e for e in leaves if isinstance(e, GatewayError)), leaves[0])

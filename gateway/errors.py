@@ -1,44 +1,67 @@
-"""The gateway's errors and the ONE table that maps them to gRPC codes and HTTP statuses (CONTRACT §6).
+"""The gateway's errors and the ONE table that maps them to gRPC codes, HTTP statuses and reasons.
 
 Code anywhere raises a `GatewayError` carrying a kind; the gRPC servicer and the REST routes both
-translate it through `TABLE`, so the two transports cannot drift apart. Messages are written for
-the client: they never carry stack traces, internal addresses or backend error details (those go to
-the log).
+translate it through `TABLE`, so the two transports cannot drift apart. A kind's name is the
+`reason` a program branches on (google.rpc.ErrorInfo over gRPC, `reason` in REST error bodies; the
+list is documented in protos/classifier/v1/classifier.proto), never the message. An error that a
+retry can cure carries `retry_after` (google.rpc.RetryInfo, REST `retry-after`). Messages are
+written for the client: they never carry stack traces, internal addresses or backend error
+details (those go to the log).
 """
 
 from __future__ import annotations
 
 import enum
+import math
 
 import grpc
 
+DOMAIN = "classifier.v1"  # google.rpc.ErrorInfo.domain
+
 
 class ErrorKind(enum.Enum):
-    INVALID_IMAGE = "invalid_image"          # not an image, unsupported format, truncated, bomb
-    INVALID_ARGUMENT = "invalid_argument"    # a bad parameter (top_k, missing field, ...)
-    NOT_FOUND = "not_found"                  # unknown model
-    TOO_LARGE = "too_large"                  # message or body over the limit
-    OVERLOADED = "overloaded"                # bounded queue full
-    DEADLINE_EXCEEDED = "deadline_exceeded"
-    UNAVAILABLE = "unavailable"              # model server down, model not loaded, circuit open
-    UNAUTHENTICATED = "unauthenticated"      # missing or wrong API key (when auth is on)
-    CLIENT_GONE = "client_gone"              # the client hung up: its work is cancelled, nobody reads the answer
-    INTERNAL = "internal"                    # a bug: logged with its traceback, never shown
+    INVALID_IMAGE = "INVALID_IMAGE"          # not an image, unsupported format, truncated, bomb
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"    # a bad parameter (top_k, both version and label, ...)
+    TOO_MANY_IMAGES = "TOO_MANY_IMAGES"      # more images in one batch than the limit
+    TOO_LARGE = "TOO_LARGE"                  # message or body over the limit
+    MODEL_NOT_FOUND = "MODEL_NOT_FOUND"      # unknown model
+    VERSION_NOT_FOUND = "VERSION_NOT_FOUND"  # no model server serves that version, or no such label
+    OVERLOADED = "OVERLOADED"                # a bounded queue is full: retry later
+    CIRCUIT_OPEN = "CIRCUIT_OPEN"            # every model server endpoint is ejected: retry later
+    UNAVAILABLE = "UNAVAILABLE"              # model server unreachable, model not loaded (yet)
+    SHUTTING_DOWN = "SHUTTING_DOWN"          # this gateway replica is draining: retry (elsewhere) at once
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    UNAUTHENTICATED = "UNAUTHENTICATED"      # missing or wrong API key (when auth is on)
+    CLIENT_GONE = "CLIENT_GONE"              # the client hung up: its work is cancelled, nobody reads the answer
+    INTERNAL = "INTERNAL"                    # a bug: logged with its traceback, never shown
+
+    @property
+    def reason(self) -> str:
+        return self.value
 
 
-TABLE: dict[ErrorKind, tuple[grpc.StatusCode, int]] = {
-    ErrorKind.INVALID_IMAGE: (grpc.StatusCode.INVALID_ARGUMENT, 400),
-    ErrorKind.INVALID_ARGUMENT: (grpc.StatusCode.INVALID_ARGUMENT, 400),
-    ErrorKind.NOT_FOUND: (grpc.StatusCode.NOT_FOUND, 404),
-    ErrorKind.TOO_LARGE: (grpc.StatusCode.RESOURCE_EXHAUSTED, 413),
-    ErrorKind.OVERLOADED: (grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
-    ErrorKind.DEADLINE_EXCEEDED: (grpc.StatusCode.DEADLINE_EXCEEDED, 504),
-    ErrorKind.UNAVAILABLE: (grpc.StatusCode.UNAVAILABLE, 503),
-    ErrorKind.UNAUTHENTICATED: (grpc.StatusCode.UNAUTHENTICATED, 401),
+# kind -> (gRPC code, HTTP status, can a retry succeed?)
+TABLE: dict[ErrorKind, tuple[grpc.StatusCode, int, bool]] = {
+    ErrorKind.INVALID_IMAGE: (grpc.StatusCode.INVALID_ARGUMENT, 400, False),
+    ErrorKind.INVALID_ARGUMENT: (grpc.StatusCode.INVALID_ARGUMENT, 400, False),
+    ErrorKind.TOO_MANY_IMAGES: (grpc.StatusCode.RESOURCE_EXHAUSTED, 413, False),
+    ErrorKind.TOO_LARGE: (grpc.StatusCode.RESOURCE_EXHAUSTED, 413, False),
+    ErrorKind.MODEL_NOT_FOUND: (grpc.StatusCode.NOT_FOUND, 404, False),
+    ErrorKind.VERSION_NOT_FOUND: (grpc.StatusCode.NOT_FOUND, 404, False),
+    ErrorKind.OVERLOADED: (grpc.StatusCode.RESOURCE_EXHAUSTED, 429, True),
+    ErrorKind.CIRCUIT_OPEN: (grpc.StatusCode.UNAVAILABLE, 503, True),
+    ErrorKind.UNAVAILABLE: (grpc.StatusCode.UNAVAILABLE, 503, True),
+    ErrorKind.SHUTTING_DOWN: (grpc.StatusCode.UNAVAILABLE, 503, True),
+    ErrorKind.DEADLINE_EXCEEDED: (grpc.StatusCode.DEADLINE_EXCEEDED, 504, False),
+    ErrorKind.UNAUTHENTICATED: (grpc.StatusCode.UNAUTHENTICATED, 401, False),
     # Never seen by a client (it left); 499 as nginx logs it, for the gateway's own log and metrics.
-    ErrorKind.CLIENT_GONE: (grpc.StatusCode.CANCELLED, 499),
-    ErrorKind.INTERNAL: (grpc.StatusCode.INTERNAL, 500),
+    ErrorKind.CLIENT_GONE: (grpc.StatusCode.CANCELLED, 499, False),
+    ErrorKind.INTERNAL: (grpc.StatusCode.INTERNAL, 500, False),
 }
+
+# When a retryable error says nothing better: the earliest retry worth making, in seconds.
+DEFAULT_RETRY_AFTER = {ErrorKind.OVERLOADED: 0.1, ErrorKind.UNAVAILABLE: 1.0, ErrorKind.CIRCUIT_OPEN: 1.0,
+                       ErrorKind.SHUTTING_DOWN: 0.0}
 
 
 class GatewayError(Exception):
@@ -46,11 +69,16 @@ class GatewayError(Exception):
 
     kind: ErrorKind = ErrorKind.INTERNAL
 
-    def __init__(self, message: str, kind: ErrorKind | None = None):
+    def __init__(self, message: str, kind: ErrorKind | None = None, *, retry_after: float | None = None,
+                 metadata: dict[str, str] | None = None):
+        """`retry_after`: seconds until a retry may succeed (retryable kinds only); `metadata`:
+        ErrorInfo metadata such as the model or the limit."""
         super().__init__(message)
         self.message = message
         if kind is not None:
             self.kind = kind
+        self.metadata = dict(metadata or {})
+        self.retry_after = retry_after if retry_after is not None else DEFAULT_RETRY_AFTER.get(self.kind)
 
     @property
     def grpc_code(self) -> grpc.StatusCode:
@@ -61,13 +89,36 @@ class GatewayError(Exception):
         return TABLE[self.kind][1]
 
     @property
+    def retryable(self) -> bool:
+        return TABLE[self.kind][2]
+
+    @property
     def code_name(self) -> str:
         """The gRPC status name, e.g. "INVALID_ARGUMENT": the `code` field of REST error bodies."""
         return self.grpc_code.name
 
+    @property
+    def reason(self) -> str:
+        return self.kind.reason
+
+    def retry_after_header(self) -> str | None:
+        """REST `retry-after`: whole seconds, at least 1 (the header has no fractions)."""
+        if not self.retryable or self.retry_after is None:
+            return None
+        return str(max(1, math.ceil(self.retry_after)))
+
+    def with_message(self, message: str) -> "GatewayError":
+        """The same error (kind, retry hint, metadata) with another message."""
+        return GatewayError(message, self.kind, retry_after=self.retry_after, metadata=self.metadata)
+
     def to_body(self, request_id: str) -> dict:
-        """The REST error body: {"error": {"code", "message", "request_id"}}."""
-        return {"error": {"code": self.code_name, "message": self.message, "request_id": request_id}}
+        """The REST error body: {"error": {"code", "reason", "message", "request_id"[, "retry_after"]}}."""
+        error = {"code": self.code_name, "reason": self.reason, "message": self.message, "request_id": request_id}
+        if self.retryable and self.retry_after is not None:
+            error["retry_after"] = round(self.retry_after, 3)
+        if self.metadata:
+            error["metadata"] = dict(self.metadata)
+        return {"error": error}
 
 
 class InvalidImage(GatewayError):
@@ -78,8 +129,16 @@ class InvalidArgument(GatewayError):
     kind = ErrorKind.INVALID_ARGUMENT
 
 
+class TooManyImages(GatewayError):
+    kind = ErrorKind.TOO_MANY_IMAGES
+
+
 class ModelNotFound(GatewayError):
-    kind = ErrorKind.NOT_FOUND
+    kind = ErrorKind.MODEL_NOT_FOUND
+
+
+class VersionNotFound(GatewayError):
+    kind = ErrorKind.VERSION_NOT_FOUND
 
 
 class TooLarge(GatewayError):
@@ -90,12 +149,20 @@ class Overloaded(GatewayError):
     kind = ErrorKind.OVERLOADED
 
 
+class CircuitOpen(GatewayError):
+    kind = ErrorKind.CIRCUIT_OPEN
+
+
 class DeadlineExceeded(GatewayError):
     kind = ErrorKind.DEADLINE_EXCEEDED
 
 
 class Unavailable(GatewayError):
     kind = ErrorKind.UNAVAILABLE
+
+
+class ShuttingDown(GatewayError):
+    kind = ErrorKind.SHUTTING_DOWN
 
 
 class Unauthenticated(GatewayError):

@@ -32,9 +32,9 @@ from typing import Callable
 
 import grpc
 
-from gateway.backend import (AVAILABLE, CallFailed, Endpoint, ModelNotServed, ServedVersion, VersionGone,
+from gateway.backend import (AVAILABLE, CallFailed, Endpoint, ModelNotServed, Scores, ServedVersion, VersionGone,
                              VersionState, channel_options)
-from gateway.errors import GatewayError, Unavailable
+from gateway.errors import CircuitOpen, GatewayError
 from gateway.metrics import Metrics
 from gateway.resilience import EndpointHealth, RetryBudget
 from gateway.settings import Settings
@@ -144,6 +144,11 @@ class Fleet:
         waits = [m.health.retry_after() for m in self.members.values()]
         return min(waits, default=0.0)
 
+    def circuit_open(self) -> CircuitOpen:
+        """The error while every endpoint is ejected."""
+        wait = max(self.retry_after(), FAST_POLL_SECONDS)
+        return CircuitOpen(f"no model server is available; retry in {wait:.1f} s", retry_after=wait)
+
     def _pick(self, addresses: list[str]) -> str:
         """The less loaded of two endpoints picked at random (power of two choices)."""
         if len(addresses) == 1:
@@ -152,7 +157,7 @@ class Fleet:
         return a if self._load(a) <= self._load(b) else b
 
     async def predict(self, info: ServedVersion, pixels: bytes, count: int,
-                      deadline: float) -> tuple[ServedVersion, list[list[float]]]:
+                      deadline: float) -> tuple[ServedVersion, list[Scores]]:
         """Scores from an endpoint serving `info.version`. VersionGone when none serves it any more;
         Unavailable when no healthy endpoint is left; DeadlineExceeded, Overloaded as the endpoint says."""
         loop = asyncio.get_running_loop()
@@ -165,7 +170,7 @@ class Fleet:
                 if failed is not None:
                     raise failed
                 if not self.healthy_count:
-                    raise Unavailable(f"no model server is available; retry in {max(self.retry_after(), 0.5):.1f} s")
+                    raise self.circuit_open()
                 raise VersionGone(f"no model server serves model {info.name} version {info.version} any more")
             try:
                 rows = await member.endpoint.predict(info, pixels, count, deadline)
@@ -379,8 +384,9 @@ class Fleet:
             "input": f"{spec.height}x{spec.width}x{spec.channels}", "labels": len(info.labels)}})
 
     def _needs_fast_poll(self) -> bool:
-        return (any(not m.health.healthy or not m.polled for m in self.members.values())
-                or not self.members or any(not self.served(model) for model in self._models))
+        """While an endpoint is out or the default model (the first) is not served: look often."""
+        return (not self.members or any(not m.health.healthy or not m.polled for m in self.members.values())
+                or not self.served(self._models[0]))
 
     async def _resolve_forever(self) -> None:
         loop = asyncio.get_running_loop()

@@ -5,10 +5,14 @@
 * `MessageGuard` (always): a request message that is not valid protobuf for its method is answered
   INVALID_ARGUMENT. Left to itself, grpcio answers UNKNOWN with the text of a Python exception
   ("Unexpected <class 'google.protobuf.message.DecodeError'>...") - the wrong class of status for a
-  client's mistake, and internals in a client-facing message.
+  client's mistake, and internals in a client-facing message. A message over `max_message_bytes`
+  is answered RESOURCE_EXHAUSTED (reason TOO_LARGE) here too, rather than by gRPC's own limit
+  (which the server sets at GRPC_HARD_LIMIT_FACTOR times that, as a last resort): so the refusal
+  has a request id, a log line and a metric like any other.
 
-Both answer with the request id in the trailing metadata and write the same metrics sample and log
-line as any other call (logs.finish_request).
+Both answer with the request id and the error's details (google.rpc ErrorInfo/RetryInfo) in the
+trailing metadata and write the same metrics sample and log line as any other call
+(logs.finish_request).
 """
 
 from __future__ import annotations
@@ -19,9 +23,12 @@ import logging
 import grpc
 
 from gateway.auth import AUTHORIZATION, ApiKeyAuth
-from gateway.errors import GatewayError, InvalidArgument
+from gateway.errors import GatewayError, InvalidArgument, TooLarge
 from gateway.logs import REQUEST_ID_HEADER, RequestRecord, finish_request, request_id
 from gateway.metrics import Metrics
+from gateway.status import error_trailers
+
+GRPC_HARD_LIMIT_FACTOR = 4  # gRPC itself refuses messages this many times over max_message_bytes
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +47,19 @@ class UndecodableMessage(InvalidArgument):
         super().__init__(f"the request is not a valid protobuf message for {method}")
 
 
-class _Undecodable:
-    """What the tolerant deserializer hands over instead of a message it could not parse."""
+class MessageTooLarge(TooLarge):
+    """A request message over the gateway's size limit."""
+
+    def __init__(self, size: int, limit: int):
+        super().__init__(f"the request message ({size} bytes) is over the limit of {limit} bytes",
+                         metadata={"limit": str(limit)})
 
 
-_UNDECODABLE = _Undecodable()
+class _Refused:
+    """What the tolerant deserializer hands over instead of a message it refuses (`error` says why)."""
+
+    def __init__(self, error: GatewayError | None = None):
+        self.error = error
 
 
 def _rebuild(handler: grpc.RpcMethodHandler, behaviour, request_deserializer=None) -> grpc.RpcMethodHandler:
@@ -66,7 +81,7 @@ async def _answer_error(err: GatewayError, context: grpc.aio.ServicerContext, ri
                         metrics: Metrics) -> None:
     """End the call with `err` (raises grpc's AbortError), after its metrics sample and log line."""
     finish_request(RequestRecord(rid, "grpc", _route(method), status=err.code_name), metrics)
-    await context.abort(err.grpc_code, err.message, trailing_metadata=((REQUEST_ID_HEADER, rid),))
+    await context.abort(err.grpc_code, err.message, trailing_metadata=error_trailers(err, rid))
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
@@ -95,10 +110,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
 
 class MessageGuard(grpc.aio.ServerInterceptor):
-    """Turns request messages that do not parse into INVALID_ARGUMENT answers."""
+    """Turns request messages that do not parse, or are too large, into answers of our own."""
 
-    def __init__(self, metrics: Metrics):
+    def __init__(self, metrics: Metrics, max_bytes: int):
         self._metrics = metrics
+        self._max_bytes = max_bytes
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -110,28 +126,32 @@ class MessageGuard(grpc.aio.ServerInterceptor):
         original = _behaviour(handler)
         streaming_response = handler.response_streaming
         metrics = self._metrics
+        limit = self._max_bytes
 
         def tolerant(data: bytes):
+            if len(data) > limit:
+                return _Refused(MessageTooLarge(len(data), limit))
             try:
                 return parse(data)
             except Exception:  # any parse failure is the client's malformed bytes, answered below
-                return _UNDECODABLE
+                return _Refused(UndecodableMessage(method))
 
         async def checked(requests):
             async for request in requests:
-                if request is _UNDECODABLE:
-                    raise UndecodableMessage(method)
+                if isinstance(request, _Refused):
+                    raise request.error
                 yield request
 
         async def unary_request(request, context):
-            if request is _UNDECODABLE:
-                await _answer_error(UndecodableMessage(method), context, request_id(given_id), method, metrics)
+            if isinstance(request, _Refused):
+                log.info("refused a request message", extra={"fields": {"method": method, "reason": request.error.reason}})
+                await _answer_error(request.error, context, request_id(given_id), method, metrics)
             return await _respond(original(request, context), context, streaming_response)
 
         async def streaming_request(request_iterator, context):
             try:
                 return await _respond(original(checked(request_iterator), context), context, streaming_response)
-            except UndecodableMessage as err:  # handlers that do not translate errors themselves
+            except (UndecodableMessage, MessageTooLarge) as err:  # handlers that do not translate errors themselves
                 await _answer_error(err, context, request_id(given_id), method, metrics)
 
         behaviour = streaming_request if handler.request_streaming else unary_request

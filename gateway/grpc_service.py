@@ -16,14 +16,13 @@ answers undecodable request messages with INVALID_ARGUMENT.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 from typing import AsyncIterator
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 import gateway.generated  # noqa: F401  (puts the generated tree on sys.path)
 from classifier.v1 import classifier_pb2 as pb
@@ -31,26 +30,30 @@ from classifier.v1 import classifier_pb2_grpc as pb_grpc
 
 from gateway import converters
 from gateway.auth import AUTHORIZATION, ApiKeyAuth
+from gateway.callers import CLIENT_ID_HEADER, grpc_peer_address, identify
 from gateway.core import ClassifierService, ClassifyInput
 from gateway.errors import GatewayError, as_gateway_error
-from gateway.grpc_interceptors import AuthInterceptor, MessageGuard
+from gateway.grpc_interceptors import GRPC_HARD_LIMIT_FACTOR, AuthInterceptor, MessageGuard
 from gateway.logs import REQUEST_ID_HEADER, RequestRecord, finish_request, request_id
 from gateway.metrics import Metrics
 from gateway.registry import ModelRegistry
 from gateway.routing import CANARY_KEY_HEADER, route_key
 from gateway.settings import Settings
+from gateway.status import error_trailers
 from gateway.tls import grpc_server_credentials
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Classifier"].full_name
 HEALTH_SERVICES = ("", SERVICE_NAME)
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 
 
 class ClassifierServicer(pb_grpc.ClassifierServicer):
-    def __init__(self, service: ClassifierService, metrics: Metrics, stream_window: int):
+    def __init__(self, service: ClassifierService, metrics: Metrics, auth: ApiKeyAuth, stream_window: int):
         self._service = service
         self._metrics = metrics
+        self._auth = auth
         self._stream_window = stream_window
 
     async def Classify(self, request: pb.ClassifyRequest, context) -> pb.ClassifyResponse:
@@ -58,56 +61,70 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
             record.model = self._service.resolve_model(request.model)
             record.images = 1
             deadline = self._service.deadline(context.time_remaining())
-            result = await self._service.classify(converters.input_from_proto(request, record.route_key), deadline)
+            result = await self._service.classify(self._input(request, record), deadline)
             record.version = result.version
             record.add_stages(result.stages)
-            return converters.classification_to_proto(result)
+            return converters.classification_to_proto(result, 0, request.id[:128])
 
     async def ClassifyBatch(self, request: pb.ClassifyBatchRequest, context) -> pb.ClassifyBatchResponse:
+        """One answer per image; a failed image answers with its own error, the others go on."""
         async with self._call(context, "ClassifyBatch") as record:
-            inputs = [converters.input_from_proto(r, record.route_key) for r in request.requests]
+            inputs = [self._input(r, record) for r in request.requests]
             record.images = len(inputs)
             deadline = self._service.deadline(context.time_remaining())
-            results = await self._service.classify_many(inputs, deadline)
-            if results:
-                record.model, record.version = results[0].model, results[0].version
-            for result in results:
-                record.add_stages(result.stages)
-            return pb.ClassifyBatchResponse(responses=[converters.classification_to_proto(r) for r in results])
+            outcomes = await self._service.classify_many(inputs, deadline)
+            responses = []
+            for index, (item, outcome) in enumerate(zip(inputs, outcomes)):
+                self._note(record, outcome)
+                responses.append(converters.outcome_to_proto(outcome, index, item.id, record.request_id))
+            return pb.ClassifyBatchResponse(responses=responses)
 
     async def ClassifyStream(self, request_iterator, context) -> AsyncIterator[pb.ClassifyResponse]:
-        """Answers in request order; up to `stream_window` images are in flight (and batch) at once.
-
-        A bad message ends the stream with its error after the answers to the messages before it,
-        whether its image is bad or the message itself did not parse (MessageGuard raises that
-        from the request iterator)."""
+        """Answers in request order, each as soon as it and those before it are ready: a reader task
+        takes messages while up to `stream_window` images are in flight (and batch), so a client
+        that sends one image and waits gets its answer at once. A failed image answers with its own
+        error and the stream goes on; a message that does not parse (MessageGuard raises that from
+        the request iterator) ends the stream with its error after the answers before it."""
         async with self._call(context, "ClassifyStream") as record:
-            pending: collections.deque[asyncio.Task] = collections.deque()
-            requests = aiter(request_iterator)
-            broken: GatewayError | None = None
-            try:
+            pending: asyncio.Queue[tuple[int, str, asyncio.Task] | None] = asyncio.Queue()
+            window = asyncio.Semaphore(self._stream_window)
+            tasks: set[asyncio.Task] = set()
+            broken: list[GatewayError] = []
+
+            async def read() -> None:
                 index = 0
-                while True:
-                    try:
-                        request = await anext(requests)
-                    except StopAsyncIteration:
-                        break
-                    except GatewayError as exc:
-                        broken = GatewayError(f"stream message {index}: {exc.message}", exc.kind)
-                        break
-                    pending.append(asyncio.create_task(
-                        self._stream_item(index, converters.input_from_proto(request, record.route_key), context)))
-                    index += 1
-                    while pending and (len(pending) >= self._stream_window or pending[0].done()):
-                        yield self._stream_answer(record, await pending.popleft())
-                while pending:
-                    yield self._stream_answer(record, await pending.popleft())
-                if broken is not None:
-                    raise broken
+                try:
+                    async for message in request_iterator:
+                        await window.acquire()
+                        item = self._input(message, record)
+                        task = asyncio.create_task(
+                            self._service.attempt(item, self._service.deadline(context.time_remaining())))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+                        pending.put_nowait((index, item.id, task))
+                        index += 1
+                except GatewayError as exc:
+                    broken.append(exc.with_message(f"stream message {index}: {exc.message}"))
+                finally:
+                    pending.put_nowait(None)
+
+            reader = asyncio.create_task(read())
+            try:
+                while (entry := await pending.get()) is not None:
+                    index, id, task = entry
+                    outcome = await task
+                    window.release()
+                    record.images += 1
+                    self._note(record, outcome)
+                    yield converters.outcome_to_proto(outcome, index, id, record.request_id)
+                await reader
+                if broken:
+                    raise broken[0]
             finally:  # the stream ended early (an error, or the client went away)
-                for task in pending:
+                reader.cancel()
+                for task in tasks:
                     task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
+                await asyncio.gather(reader, *tasks, return_exceptions=True)
 
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
         async with self._call(context, "ListModels"):
@@ -116,25 +133,27 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
 
     # -- shared by every RPC --------------------------------------------------------------------
 
-    async def _stream_item(self, index: int, item: ClassifyInput, context: grpc.aio.ServicerContext):
-        """One image of a stream: its own deadline, cut short by what is left of the stream's."""
-        try:
-            return await self._service.classify(item, self._service.deadline(context.time_remaining()))
-        except GatewayError as exc:
-            raise GatewayError(f"stream message {index}: {exc.message}", exc.kind) from None
+    @staticmethod
+    def _input(request: pb.ClassifyRequest, record: RequestRecord) -> ClassifyInput:
+        return converters.input_from_proto(request, record.route_key, record.caller)
 
-    def _stream_answer(self, record: RequestRecord, result) -> pb.ClassifyResponse:
-        record.images += 1
-        record.model, record.version = result.model, result.version
-        record.add_stages(result.stages)
-        return converters.classification_to_proto(result)
+    @staticmethod
+    def _note(record: RequestRecord, outcome) -> None:
+        """Add an image's outcome to the call's record (model, version, stages of the answered ones)."""
+        if isinstance(outcome, GatewayError):
+            return
+        record.model, record.version = outcome.model, outcome.version
+        record.add_stages(outcome.stages)
 
     @contextlib.asynccontextmanager
     async def _call(self, context: grpc.aio.ServicerContext, method: str):
-        """Request id, in-flight gauge, error translation, one metrics sample + log line."""
+        """Request id, caller, in-flight gauge, error translation, one metrics sample + log line."""
         metadata = dict(context.invocation_metadata() or ())
+        authorization = metadata.get(AUTHORIZATION)
         record = RequestRecord(request_id(metadata.get(REQUEST_ID_HEADER)), "grpc", method,
-                               route_key=route_key(metadata.get(CANARY_KEY_HEADER), metadata.get(AUTHORIZATION)))
+                               route_key=route_key(metadata.get(CANARY_KEY_HEADER), authorization),
+                               caller=identify(self._auth.caller(authorization), metadata.get(CLIENT_ID_HEADER),
+                                               grpc_peer_address(context.peer())))
         id_metadata = ((REQUEST_ID_HEADER, record.request_id),)
         await context.send_initial_metadata(id_metadata)
         self._metrics.inflight.labels("grpc").inc()
@@ -148,7 +167,7 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
             if err is not exc:
                 log.exception("unexpected error in %s", method, extra={"fields": {"request_id": record.request_id}})
             record.status = err.code_name
-            await context.abort(err.grpc_code, err.message, trailing_metadata=id_metadata)
+            await context.abort(err.grpc_code, err.message, trailing_metadata=error_trailers(err, record.request_id))
         finally:
             self._metrics.inflight.labels("grpc").dec()
             finish_request(record, self._metrics)
@@ -197,14 +216,16 @@ async def create_grpc_server(settings: Settings, service: ClassifierService, reg
     TLS (and mutual TLS) when the settings name a certificate; TlsConfigError when they name a bad one.
     """
     # The first interceptor runs first: a call without a key is refused before its message is looked at.
-    interceptors = ([AuthInterceptor(auth, metrics)] if auth.enabled else []) + [MessageGuard(metrics)]
+    interceptors = ([AuthInterceptor(auth, metrics)] if auth.enabled else []) + [
+        MessageGuard(metrics, settings.max_message_bytes)]
     server = grpc.aio.server(interceptors=interceptors, options=[
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        # The gateway's own MessageGuard answers messages over max_message_bytes; gRPC's limit is the backstop.
+        ("grpc.max_receive_message_length", settings.max_message_bytes * GRPC_HARD_LIMIT_FACTOR),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ])
     pb_grpc.add_ClassifierServicer_to_server(
-        ClassifierServicer(service, metrics, stream_window=settings.max_batch_size), server)
+        ClassifierServicer(service, metrics, auth, stream_window=settings.max_batch_size), server)
 
     health_servicer = DrainingHealthServicer()
     for name in HEALTH_SERVICES:
@@ -217,15 +238,26 @@ async def create_grpc_server(settings: Settings, service: ClassifierService, reg
 
     registry.add_listener(on_readiness)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server)
+    _enable_reflection(server, (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name))
     address = _address(settings.host, settings.grpc_port)
     credentials = grpc_server_credentials(settings)
     port = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"cannot bind gRPC to {settings.host}:{settings.grpc_port}")
     return server, port, health_servicer
+
+
+def _enable_reflection(server: grpc.aio.Server, services: tuple[str, ...]) -> None:
+    """Server reflection as `grpc.reflection.v1alpha` (what grpcio-reflection ships) and as
+    `grpc.reflection.v1` (what newer grpcurl, Postman and grpc-js clients ask first): the two
+    services have the same messages on the wire, so one servicer answers both."""
+    servicer = reflection.aio.ReflectionServicer((*services, reflection.SERVICE_NAME, REFLECTION_V1))
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(REFLECTION_V1, {
+        "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+            servicer.ServerReflectionInfo,
+            request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+            response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString)}),))
 
 
 def _address(host: str, port: int) -> str:

@@ -82,6 +82,7 @@ class RequestRecord:
     images: int = 0
     stages: dict[str, float] = field(default_factory=dict)
     route_key: str | None = field(default=None, repr=False)  # routing.route_key(); never logged
+    caller: str = ""        # callers.identify()
     started: float = field(default_factory=time.perf_counter)
     seconds: float = 0.0
 
@@ -100,7 +101,7 @@ def finish_request(record: RequestRecord, metrics: Metrics) -> None:
                             record.seconds)
     fields = {
         "event": "request", "request_id": record.request_id, "transport": record.transport,
-        "route": record.route, "model": record.model, "version": record.version,
+        "route": record.route, "caller": record.caller, "model": record.model, "version": record.version,
         "status": record.status, "duration_ms": round(record.seconds * 1000, 3),
     }
     if record.images:

@@ -69,6 +69,15 @@ class Metrics:
                                      ["model"], registry=r)
         self.model_version = Gauge("gateway_model_version", "Model version default traffic goes to (0: none, or each "
                                    "endpoint its newest while no version is served by all)", ["model"], registry=r)
+        self.caller_queue_depth = Gauge("gateway_caller_queue_depth", "Images waiting for a batch, by model and "
+                                        "caller (the first 20 callers by name, the rest as other)",
+                                        ["model", "caller"], registry=r)
+        self.caller_queue_wait = Histogram("gateway_caller_queue_wait_seconds", "Time an image waited for its "
+                                           "batch, by model and caller", ["model", "caller"],
+                                           buckets=LATENCY_BUCKETS, registry=r)
+        self.caller_rejections = Counter("gateway_caller_rejections", "Images refused as overload (the queue "
+                                         "or the caller's limit), by model and caller", ["model", "caller"],
+                                         registry=r)
         self.shadow_comparisons = Counter(
             "gateway_shadow_comparisons", "Shadow answers compared with the answer the caller got: same or "
             "different top-1 label and decision (label and confident)",

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Mapping
 
 from gateway.backend import ServedVersion
-from gateway.errors import ModelNotFound, Unavailable
+from gateway.errors import GatewayError, ModelNotFound, Unavailable
 from gateway.fleet import Fleet
 from gateway.metrics import Metrics
 from gateway.routing import Route, TrafficSplit, VersionRequest, choose, default_route
@@ -197,9 +197,9 @@ class ModelRegistry:
         self._fleet_changed()
         await self._publish()
 
-    def _unavailable(self, name: str) -> Unavailable:
+    def _unavailable(self, name: str) -> GatewayError:
         if self._fleet.members and not self._fleet.healthy_count:
-            return Unavailable(f"no model server is available; retry in {max(self._fleet.retry_after(), 0.5):.1f} s")
+            return self._fleet.circuit_open()
         state, problem = self._fleet.model_state(name)
         return Unavailable(f"model {name} is not available yet ({state.lower()}"
                            + (f": {problem})" if problem and state != "NOT_FOUND" else ")"))

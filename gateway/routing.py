@@ -5,7 +5,7 @@ model server endpoint serves - and the model's routing settings (labels, default
 shadow). The rules, in order:
 
 1. A request that names a version (or a label, looked up in the settings) gets exactly that
-   version, or NOT_FOUND naming what is served.
+   version, or VERSION_NOT_FOUND naming what is served.
 2. A canary's share of the default traffic goes to the candidate when some healthy endpoint
    serves it; otherwise that share stays with the default version (nothing fails).
 3. Default traffic never goes to a canary or shadow candidate (unless nothing else is served):
@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from gateway.errors import InvalidArgument, ModelNotFound, Unavailable
+from gateway.errors import InvalidArgument, Unavailable, VersionNotFound
 from gateway.settings import ModelSettings, VersionChoice
 
 CANARY_KEY_HEADER = "x-canary-key"       # header / metadata that keeps a caller on one side of a split
@@ -126,7 +126,7 @@ def choose(name: str, request: VersionRequest, settings: ModelSettings, served: 
     if request.label:
         if request.label not in settings.labels:
             defined = ", ".join(sorted(settings.labels)) or "none"
-            raise ModelNotFound(f"model {name} has no version label {request.label[:64]!r} (labels: {defined})")
+            raise VersionNotFound(f"model {name} has no version label {request.label[:64]!r} (labels: {defined})")
         wanted, why = settings.labels[request.label], "label"
     else:
         wanted, why = request.version, "requested"
@@ -134,7 +134,7 @@ def choose(name: str, request: VersionRequest, settings: ModelSettings, served: 
         raise Unavailable(f"model {name} is not available yet: no model server serves it")
     if wanted:
         if wanted not in versions:
-            raise ModelNotFound(f"model {name} version {wanted} is not served; {describe_served(name, served, settings)}")
+            raise VersionNotFound(f"model {name} version {wanted} is not served; {describe_served(name, served, settings)}")
         return Route(wanted, why, strict=True)
 
     shadow_version = None

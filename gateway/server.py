@@ -95,7 +95,7 @@ async def serve(settings: Settings, flags: dict | None = None) -> int:
         log.error("invalid TLS settings: %s", exc)
         return 2
     tracing = start_tracing(settings)  # before any grpc.aio server or channel exists
-    auth = ApiKeyAuth([key.get_secret_value() for key in settings.api_keys], settings.public_health_and_metrics)
+    auth = ApiKeyAuth(settings.named_api_keys, settings.public_health_and_metrics)
     metrics = Metrics()
     fleet = Fleet(settings, metrics, settings.model_names, channel_credentials,
                   validate=lambda info: registry.validate(info))

@@ -57,6 +57,20 @@ class TrafficShare(VersionChoice):
     percent: float = Field(ge=0.0, le=100.0, description="share of the model's default traffic, in percent")
 
 
+class CallerSettings(BaseModel):
+    """How the batcher treats one caller, under `callers: {<name>: ...}` (an API key's name, an
+    x-client-id, or an address)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    weight: float = Field(1.0, gt=0.0, le=100.0, description="images this caller adds to a batch per turn, "
+                                                               "relative to others (deficit round robin)")
+    priority: Literal["interactive", "bulk"] = Field(
+        "interactive", description="bulk callers only fill the room interactive callers leave in a batch")
+    max_queue: int | None = Field(None, ge=1, description="images this caller may have queued per model "
+                                                          "(default: max_queue_per_caller)")
+
+
 class ModelSettings(BaseModel):
     """Per-model rules, under `models: {<name>: ...}`."""
 
@@ -164,7 +178,15 @@ class Settings(BaseSettings):
                                         description="Predict calls in flight per model and model server endpoint; "
                                                     "further requests queue (and batch)")
     max_queue: int = Field(256, ge=1, le=100_000,
-                           description="requests waiting for a batch, per model; beyond it RESOURCE_EXHAUSTED/429")
+                           description="requests waiting for a batch, per model; beyond it the caller with the "
+                                       "most waiting is refused (RESOURCE_EXHAUSTED/429), never a quieter one")
+    max_queue_per_caller: int = Field(0, ge=0, le=100_000,
+                                      description="requests one caller may have waiting per model; beyond it "
+                                                  "that caller is refused; 0: no own limit (max_queue still "
+                                                  "refuses the heaviest caller first)")
+    callers: dict[str, CallerSettings] = Field(
+        default_factory=dict, description="per caller (API key name, x-client-id or address): weight, priority "
+                                          "(interactive|bulk) and max_queue for fair queueing")
     decode_workers: int = Field(default_factory=_default_decode_workers, ge=1, le=64,
                                 description="threads decoding images (default: CPUs, at most 4)")
     max_pending_decodes: int = Field(64, ge=1, le=100_000,
@@ -208,7 +230,8 @@ class Settings(BaseSettings):
         None, description="PEM CA bundle: both ports require a client certificate it signed (mutual TLS)")
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="API keys accepted as `authorization: Bearer <key>` (comma-separated "
-                                          "in env and flags); empty: no authentication")
+                                          "in env and flags), each `NAME:KEY` to name its caller or a bare KEY "
+                                          "(named key-1, key-2, ...); empty: no authentication")
     public_health_and_metrics: bool = Field(
         True, description="with api_keys set, /healthz, /readyz, /metrics and grpc.health.v1.Health still "
                           "answer without a key (for probes and Prometheus)")
@@ -311,6 +334,21 @@ class Settings(BaseSettings):
 
     def model_settings(self, name: str) -> ModelSettings:
         return self.models.get(name) or ModelSettings()
+
+    @property
+    def named_api_keys(self) -> list[tuple[str, str]]:
+        """(caller name, key) for every API key: `NAME:KEY` names its caller, a bare key is key-N."""
+        out = []
+        for i, secret in enumerate(self.api_keys, 1):
+            name, sep, key = secret.get_secret_value().partition(":")
+            out.append((name, key) if sep and name and key else (f"key-{i}", secret.get_secret_value()))
+        return out
+
+    def caller_policy(self, caller: str) -> tuple[float, bool, int]:
+        """(weight, bulk?, queue limit or 0) of a caller, for the batcher."""
+        settings = self.callers.get(caller) or CallerSettings()
+        limit = settings.max_queue if settings.max_queue is not None else self.max_queue_per_caller
+        return settings.weight, settings.priority == "bulk", limit
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,

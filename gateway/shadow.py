@@ -17,7 +17,7 @@ import asyncio
 import functools
 import logging
 
-from gateway.backend import ServedVersion
+from gateway.backend import Scores, ServedVersion
 from gateway.batcher import MicroBatcher
 from gateway.decode import Decoder
 from gateway.errors import GatewayError, Overloaded, Unavailable
@@ -81,8 +81,8 @@ class Shadow:
             self._metrics.shadow_skipped.labels(model, "failed").inc()
             return
         try:
-            shadow = decide(candidate.labels, scores, settings.thresholds, settings.uncertain_label,
-                            top_k=len(candidate.labels))
+            shadow = decide(candidate.labels, scores.values, settings.thresholds, settings.uncertain_label,
+                            len(candidate.labels), scores.ood_score, scores.ood_threshold)
         except ValueError:
             self._metrics.shadow_skipped.labels(model, "input").inc()
             return
@@ -95,7 +95,7 @@ class Shadow:
             theirs = next((p.score for p in shadow.predictions if p.label == top.label), 0.0)
             self._metrics.shadow_score_delta.labels(model, version).observe(abs(theirs - top.score))
 
-    async def _send(self, model: str, version: int, payloads: list[bytes], deadline: float) -> list[list[float]]:
+    async def _send(self, model: str, version: int, payloads: list[bytes], deadline: float) -> list[Scores]:
         info = self._fleet.info(model, version)
         _, rows = await self._fleet.predict(info, b"".join(payloads), len(payloads), deadline)
         return rows
