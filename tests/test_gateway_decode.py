@@ -1,17 +1,22 @@
 """Image decoding (gateway/decode.py): formats, limits, orientation, channels, size.
 
 decode.py is Pillow only (no wire protos), so it runs in-process. Images are generated here by
-code. Hostile inputs in depth are issue 6's; these pin the behaviour the data path relies on.
+code. Hostile inputs in depth are tests/test_hardening_*.py's and Pillow's own test images are
+tests/test_decode_corpus.py's; these pin the behaviour the data path relies on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import struct
 
 import pytest
 from PIL import Image
 
+from imgclass_client import imaging
+
+from gateway import decode
 from gateway.decode import DecodeLimits, Decoder, InputSpec, decode_image, install_pillow_guards
 from gateway.errors import InvalidImage, Overloaded
 
@@ -98,6 +103,38 @@ def test_big_jpegs_use_draft_mode_and_still_decode_right():
     assert len(pixels) == 784 and abs(pixels[400] - 126) <= 4   # luma of (10, 200, 10)
 
 
+def test_mpo_files_are_drafted_like_jpegs():
+    # MPO (Fujifilm and phone cameras): a JPEG with more frames. Pillow opens it as MpoImageFile.
+    frames = [Image.new("RGB", (2400, 1800), (10, 200, 10)), Image.new("RGB", (2400, 1800), (200, 10, 10))]
+    mpo = encode(frames[0], "MPO", save_all=True, append_images=frames[1:], quality=90)
+    with imaging.open_image(mpo, LIMITS) as img:
+        assert img.format == "MPO"
+        imaging.model_image(img, GREY28, LIMITS)
+        assert img.size == (300, 225)  # decoded at 1/8 scale, never at full size
+    pixels = decode_image(mpo, GREY28, LIMITS)
+    assert len(pixels) == 784 and abs(pixels[400] - 126) <= 4   # the first frame's luma
+
+
+def test_every_decoder_failure_is_an_invalid_image():
+    # A DDS whose pixel format flags Pillow does not implement: NotImplementedError at open.
+    dds = bytearray(encode(Image.new("RGB", (8, 8)), "DDS"))
+    dds[80:84] = struct.pack("<I", 8)
+    limits = DecodeLimits(allowed_formats=("DDS",))
+    with pytest.raises(InvalidImage, match="this kind of DDS image is not supported"):
+        decode_image(bytes(dds), GREY28, limits)
+
+
+def test_formats_with_slow_decoders_have_a_pixel_budget():
+    # Uncompressed DDS is decoded by Python code in Pillow (about a microsecond per pixel).
+    limits = DecodeLimits(allowed_formats=("DDS",), slow_decoder_max_pixels=100 * 100)
+    assert len(decode_image(encode(Image.new("RGB", (100, 100)), "DDS"), GREY28, limits)) == 784
+    with pytest.raises(InvalidImage, match="decode slowly and may have at most 10000 pixels; this one is 101x100"):
+        decode_image(encode(Image.new("RGB", (101, 100)), "DDS"), GREY28, limits)
+    # The C decoders (PNG here) are not held to it.
+    assert len(decode_image(encode(Image.new("RGB", (300, 300)), "PNG"), GREY28,
+                            DecodeLimits(slow_decoder_max_pixels=100))) == 784
+
+
 def test_transparency_is_composited_onto_the_background():
     clear = Image.new("RGBA", (8, 8), (255, 255, 255, 0))   # white, but fully transparent
     assert set(decode_image(encode(clear, "PNG"), RGB8, LIMITS)) == {0}
@@ -109,6 +146,23 @@ def test_transparency_is_composited_onto_the_background():
 def test_sixteen_bit_greys_are_scaled_not_clipped():
     img = Image.new("I;16", (28, 28), 40000)
     assert set(decode_image(encode(img, "PNG"), GREY28, LIMITS)) == {40000 // 256}
+
+
+def test_the_decoder_releases_memory_after_the_last_large_decode():
+    async def scenario():
+        decoder = Decoder(workers=2, max_pending=4, limits=LIMITS)
+        photo = encode(Image.new("RGB", (2000, 1000), (10, 200, 10)), "JPEG", quality=90)
+        try:
+            await decoder.decode(encode(Image.new("L", (28, 28)), "PNG"), GREY28)
+            assert decoder.releases == 0  # small images never do
+            await asyncio.gather(*(decoder.decode(photo, GREY28) for _ in range(3)))
+            assert 1 <= decoder.releases <= 3
+        finally:
+            decoder.close()
+
+    if not decode.release_memory():
+        pytest.skip("this C library has no malloc_trim")
+    asyncio.run(scenario())
 
 
 def test_the_decoder_pool_refuses_work_beyond_its_bound():
