@@ -107,7 +107,7 @@ BACKBONES: dict[str, Backbone] = {
             default_weights="imagenet",
             min_size=app.min_size,
             fine_tune_layers=app.fine_tune_layers,
-            ood_layer=transfer.BASE_LAYER,
+            ood_layer=transfer.POOL_LAYER,
         )
         for name, app in transfer.APPLICATIONS.items()
     },

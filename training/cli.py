@@ -45,9 +45,11 @@ backbones:
 
 output:
   <models-dir>/<model-name>/<version>/  a SavedModel (next free version number), written
-      atomically with signatures serving_default (uint8 images) and image_bytes (encoded
-      JPEG/PNG), outputs scores and classes, and TF Serving warm-up requests
-  <report-dir>/  report.md, report.json, curves.png, confusion.png, model.weights.h5
+      atomically, readable by every user, with signatures serving_default (uint8 images) and
+      image_bytes (encoded JPEG/PNG), outputs scores, classes, ood_score and ood_threshold (the
+      out-of-distribution score and its threshold, calibrated on the validation images), and
+      TF Serving warm-up requests
+  <report-dir>/  report.md, report.json, curves.png, confusion.png, coverage.png, model.weights.h5
 """
 
 

@@ -64,8 +64,8 @@ class _Stored(tf.Module):
         return tf.cast(value, dtype)
 
 
-class _Untracked:
-    """Holds the Keras model out of TensorFlow's object tracking, so its float32 variables are not saved."""
+class Untracked:
+    """Holds a Keras model out of TensorFlow's object tracking, so its variables are not saved through it."""
 
     def __init__(self, model: keras.Model):
         self.model = model
@@ -82,7 +82,7 @@ class CompressedWeights(tf.Module):
         if tap_layer is not None:  # the same layers and weights, one more output
             model = keras.Model(model.inputs[0], [model.get_layer(tap_layer).output, model.outputs[0]])
         self._tapping = tap_layer is not None
-        self._held = _Untracked(model)
+        self._held = Untracked(model)
         self.codec = codec.name
         self.trainable = [_Stored(v.numpy(), codec, v.path) for v in model.trainable_variables]
         self.non_trainable = [_Stored(v.numpy(), codec, v.path) for v in model.non_trainable_variables]

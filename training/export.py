@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from training import warmup
-from training.compress import CompressedWeights, WeightCodec
+from training.compress import CompressedWeights, Untracked, WeightCodec
 from training.errors import ExportError
 from training.imaging import InputSpec, decode_to_input
 from training.ood import SCORE, THRESHOLD, OodDetector, tap_model
@@ -54,13 +54,6 @@ def inference_copy(model: keras.Model) -> keras.Model:
     copy = keras.Model.from_config(model.get_config())
     copy.set_weights(model.get_weights())
     return copy
-
-
-class _Untracked:
-    """Holds a Keras model out of TensorFlow's object tracking (its weights are saved elsewhere)."""
-
-    def __init__(self, model: keras.Model):
-        self.model = model
 
 
 def forward(model: keras.Model | CompressedWeights, ood: OodDetector | None, pixels,
@@ -88,7 +81,7 @@ class ServingModule(tf.Module):
         super().__init__()
         tap = ood.layer if ood is not None else None
         self.model = inference_copy(model) if codec is None else CompressedWeights(inference_copy(model), codec, tap)
-        self._taps = _Untracked(tap_model(self.model, tap) if tap and codec is None else None)
+        self._taps = Untracked(tap_model(self.model, tap) if tap and codec is None else None)
         self.ood = ood
         self.spec = spec
         self.labels = tf.constant(labels, dtype=tf.string)

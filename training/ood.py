@@ -1,9 +1,9 @@
 """The out-of-distribution (OOD) score: how unlike the training images an input is, in the graph.
 
 Method: a Mahalanobis distance on feature statistics the model already computes. One layer of
-the model (the backbone's `ood_layer`: for small_cnn the output of its second conv block, for a
-transfer backbone the output of its pre-trained base) is summarised per image as the mean and
-the standard deviation of each channel over the image; a single Gaussian is fitted to those
+the model (the backbone's `ood_layer`) is summarised per image: a feature map (small_cnn's second
+conv block) as the mean and the standard deviation of each channel over the image, a vector (a
+transfer backbone's pooled base output) as it is; a single Gaussian is fitted to those
 summaries of the training images, and the score of an image is its squared Mahalanobis distance
 from that Gaussian divided by the number of dimensions kept (about 1 for a typical training
 image). Above `MAX_DIMS` dimensions only the top principal components are kept, so the exported

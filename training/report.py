@@ -28,7 +28,7 @@ def _plot_coverage(calibrated: Calibrated, path: Path) -> None:
     fig = Figure(figsize=(6.5, 4.5), layout="constrained")
     ax = fig.subplots()
     for points, label in ((judgement.ood_curve, "OOD threshold swept (default class-score rule)"),
-                          (judgement.score_curve, "min_score swept (OOD guard on)")):
+                          (judgement.score_curve, "top-score threshold swept (OOD guard on, no margin rule)")):
         if points:
             ax.plot(*zip(*points), marker=".", label=label)
     ax.plot(*judgement.chosen, marker="*", markersize=14, linestyle="none", color="black",

@@ -28,6 +28,7 @@ from training.errors import TrainingError
 from training.imaging import InputSpec
 
 BASE_LAYER = "base"  # the name of the application network inside every transfer model
+POOL_LAYER = "pool"  # the base's output averaged per channel: what the OOD score reads
 _URL = re.compile(r"https?://\S+?(?=:? |$)")
 
 
@@ -88,7 +89,7 @@ def application_builder(name: str, app: Application):
         inputs = keras.Input(shape=spec.shape, dtype="float32", name="pixels")
         x = ApplicationPreprocessing(app.module, name="preprocess")(inputs)
         x = base(x, training=False)
-        x = layers.GlobalAveragePooling2D(name="pool")(x)
+        x = layers.GlobalAveragePooling2D(name=POOL_LAYER)(x)
         x = layers.Dropout(0.2, name="head_dropout")(x)
         outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
         return keras.Model(inputs, outputs, name=name)
