@@ -53,13 +53,17 @@ def signature_def(signature_defs: Mapping[str, meta_graph_pb2.SignatureDef], nam
     return resolved, signature_defs[resolved]
 
 
-def check_classification(signature: meta_graph_pb2.SignatureDef, method_name_check: bool) -> list[str]:
-    """TF Serving's PreProcessClassification; returns the output aliases to fetch."""
-    if method_name_check and signature.method_name != CLASSIFY_METHOD:
-        raise invalid_argument(f"Expected classification signature method_name to be {CLASSIFY_METHOD}. "
-                               f"Was: {signature.method_name}")
+def _check_method_and_input(signature: meta_graph_pb2.SignatureDef, method: str, what: str,
+                            method_name_check: bool) -> None:
+    if method_name_check and signature.method_name != method:
+        raise invalid_argument(f"Expected {what} signature method_name to be {method}. Was: {signature.method_name}")
     if len(signature.inputs) != 1:
         raise invalid_argument("Expected one input Tensor.")
+
+
+def check_classification(signature: meta_graph_pb2.SignatureDef, method_name_check: bool) -> list[str]:
+    """TF Serving's PreProcessClassification; returns the output aliases to fetch."""
+    _check_method_and_input(signature, CLASSIFY_METHOD, "classification", method_name_check)
     if len(signature.outputs) not in (1, 2):
         raise invalid_argument(f"Expected one or two output Tensors, found {len(signature.outputs)}")
     if INPUTS not in signature.inputs:
@@ -73,11 +77,7 @@ def check_classification(signature: meta_graph_pb2.SignatureDef, method_name_che
 
 def check_regression(signature: meta_graph_pb2.SignatureDef, method_name_check: bool) -> list[str]:
     """TF Serving's PreProcessRegression; returns the output aliases to fetch."""
-    if method_name_check and signature.method_name != REGRESS_METHOD:
-        raise invalid_argument(f"Expected regression signature method_name to be {REGRESS_METHOD}. "
-                               f"Was: {signature.method_name}")
-    if len(signature.inputs) != 1:
-        raise invalid_argument("Expected one input Tensor.")
+    _check_method_and_input(signature, REGRESS_METHOD, "regression", method_name_check)
     if len(signature.outputs) != 1:
         raise invalid_argument("Expected one output Tensor.")
     if INPUTS not in signature.inputs:

@@ -130,25 +130,24 @@ class ServingCore:
 
     async def classify(self, request: classification_pb2.ClassificationRequest) -> classification_pb2.ClassificationResponse:
         response = classification_pb2.ClassificationResponse()
-        with self.servable(*requested_version(request)) as serving:
-            signature, aliases = self._example_signature(serving, request.model_spec.signature_name,
-                                                         classify_regress.check_classification)
-            examples = classify_regress.serialized_examples(request.input)
-            outputs = await self.run(serving, signature, {classify_regress.INPUTS: examples}, aliases, api="Classify")
-            classify_regress.classification_result(outputs, len(examples), response.result)
-            echo_spec(response.model_spec, request.model_spec.name, signature.name, serving.version)
+        await self._run_examples(request, response, classify_regress.check_classification,
+                                 classify_regress.classification_result, "Classify")
         return response
 
     async def regress(self, request: regression_pb2.RegressionRequest) -> regression_pb2.RegressionResponse:
         response = regression_pb2.RegressionResponse()
-        with self.servable(*requested_version(request)) as serving:
-            signature, aliases = self._example_signature(serving, request.model_spec.signature_name,
-                                                         classify_regress.check_regression)
-            examples = classify_regress.serialized_examples(request.input)
-            outputs = await self.run(serving, signature, {classify_regress.INPUTS: examples}, aliases, api="Regress")
-            classify_regress.regression_result(outputs, len(examples), response.result)
-            echo_spec(response.model_spec, request.model_spec.name, signature.name, serving.version)
+        await self._run_examples(request, response, classify_regress.check_regression,
+                                 classify_regress.regression_result, "Regress")
         return response
+
+    async def _run_examples(self, request, response, check, fill_result, api: str) -> None:
+        """Classify or Regress: the request's tf.Examples through the signature it names."""
+        with self.servable(*requested_version(request)) as serving:
+            signature, aliases = self._example_signature(serving, request.model_spec.signature_name, check)
+            examples = classify_regress.serialized_examples(request.input)
+            outputs = await self.run(serving, signature, {classify_regress.INPUTS: examples}, aliases, api=api)
+            fill_result(outputs, len(examples), response.result)
+            echo_spec(response.model_spec, request.model_spec.name, signature.name, serving.version)
 
     async def multi_inference(self, request: inference_pb2.MultiInferenceRequest) -> inference_pb2.MultiInferenceResponse:
         """Several Classify/Regress signatures of one model on the same examples."""

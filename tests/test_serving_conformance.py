@@ -63,24 +63,18 @@ H = "/v1/models/half_plus_two"
 F = "/v1/models/fashion"
 INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
-MODEL_CONFIG = """
-model_config_list {{
-  config {{
-    name: "fashion"
-    base_path: "{base}/fashion"
-    model_platform: "tensorflow"
-    model_version_policy {{ all {{}} }}
-    version_labels {{ key: "stable" value: 1 }}
-    version_labels {{ key: "canary" value: 2 }}
-  }}
-  config {{
-    name: "{half}"
-    base_path: "{base}/half_plus_two"
-    model_platform: "tensorflow"
-    version_labels {{ key: "Version_Label" value: 123 }}
-  }}
-}}
-"""
+
+
+def _model_config(base: Path, half: str = "half_plus_two") -> str:
+    """fashion (every version, stable=1, canary=2) and half_plus_two (or a copy under the name `half`)."""
+    config = model_server_config_pb2.ModelServerConfig()
+    fashion = config.model_config_list.config.add(name="fashion", base_path=f"{base}/fashion",
+                                                  model_platform="tensorflow")
+    fashion.model_version_policy.all.SetInParent()
+    fashion.version_labels.update({"stable": 1, "canary": 2})
+    second = config.model_config_list.config.add(name=half, base_path=f"{base}/{half}", model_platform="tensorflow")
+    second.version_labels["Version_Label"] = 123
+    return text_format.MessageToString(config)
 
 
 # --- the models -----------------------------------------------------------------------------------
@@ -130,10 +124,6 @@ def base(tiny_models_dir, tmp_path_factory) -> Path:
     return base
 
 
-def _write_config(path: Path, base: Path, half: str = "half_plus_two") -> None:
-    path.write_text(MODEL_CONFIG.format(base=base, half=half))
-
-
 _GRPC_PORT = re.compile(r"Running gRPC ModelServer at [^:\s]+:(\d+)")
 
 
@@ -153,7 +143,7 @@ def servers(base, tmp_path_factory):
     """The main server (TF Serving's e2e flags), one without REST, and one with a broken config."""
     work = tmp_path_factory.mktemp("conformance-run")
     config = work / "models.config"
-    _write_config(config, base)
+    config.write_text(_model_config(base))
     only_half = work / "half.config"
     only_half.write_text('model_config_list { config { name: "half_plus_two" '
                          f'base_path: "{base}/half_plus_two" model_platform: "tensorflow" }} }}\n')
@@ -184,19 +174,21 @@ def servers(base, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def channel(servers):
-    with grpc.insecure_channel(servers.main.grpc_target) as ch:
-        yield ch
+def stubs(servers):
+    """PredictionService and ModelService of the main server, over one TCP channel."""
+    with grpc.insecure_channel(servers.main.grpc_target) as channel:
+        yield (prediction_service_pb2_grpc.PredictionServiceStub(channel),
+               model_service_pb2_grpc.ModelServiceStub(channel))
 
 
 @pytest.fixture(scope="module")
-def predict_stub(channel):
-    return prediction_service_pb2_grpc.PredictionServiceStub(channel)
+def predict_stub(stubs):
+    return stubs[0]
 
 
 @pytest.fixture(scope="module")
-def model_stub(channel):
-    return model_service_pb2_grpc.ModelServiceStub(channel)
+def model_stub(stubs):
+    return stubs[1]
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -978,8 +970,7 @@ def test_model_config_file_is_polled(servers, predict_stub):
             return False
 
     shutil.copytree(servers.base / "half_plus_two", servers.base / "half_plus_three")
-    swapped = MODEL_CONFIG.format(base=servers.base, half="half_plus_three").replace(
-        "/half_plus_two\"", "/half_plus_three\"")
+    swapped = _model_config(servers.base, half="half_plus_three")
     original = servers.config.read_text()
     try:
         servers.config.write_text(swapped)
