@@ -7,7 +7,9 @@ settings stay. Of a valid one, these apply at once:
 
 * `models.<name>.*` of the models the gateway fronts: thresholds, uncertain label, labels,
   default_version, canary, shadow (gateway/registry.py);
-* `backend` (a static fleet that grew or shrank, another DNS name: gateway/fleet.py).
+* `backend` (a static fleet that grew or shrank, another DNS name: gateway/fleet.py);
+* `callers` and `max_queue_per_caller` (fair queueing; a caller's new settings apply when it next
+  has requests waiting after an idle moment).
 
 Any other change is logged as needing a restart, by name.
 """
@@ -24,7 +26,7 @@ from gateway.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger(__name__)
 
-LIVE = {"models", "backend"}
+LIVE = {"models", "backend", "callers", "max_queue_per_caller"}
 
 Apply = Callable[[Settings], Awaitable[None]]
 

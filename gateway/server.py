@@ -49,7 +49,7 @@ from gateway.tracing import start_tracing
 
 log = logging.getLogger(__name__)
 
-_NOT_FLAGS = {"models"}  # nested: YAML or environment only
+_NOT_FLAGS = {"models", "callers"}  # nested: YAML or environment only
 
 
 class _EmbeddedUvicorn(uvicorn.Server):
@@ -106,6 +106,7 @@ async def serve(settings: Settings, flags: dict | None = None) -> int:
 
     async def apply(fresh: Settings) -> None:
         registry.update(fresh)
+        service.update(fresh)
         await fleet.reconfigure(fresh)
 
     reloader = SettingsReloader(settings, flags or {}, apply)

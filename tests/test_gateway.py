@@ -11,6 +11,7 @@ import asyncio
 import gzip
 import io
 import json
+import queue
 import re
 import signal
 import socket
@@ -22,7 +23,9 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from PIL import Image
 
@@ -56,7 +59,7 @@ def png(pixels: bytes, size: tuple[int, int] = (28, 28)) -> bytes:
 def answer_json(response: pb.ClassifyResponse) -> dict:
     """A ClassifyResponse in the REST API's JSON shape."""
     return {"model": response.model, "model_version": response.model_version, "label": response.label,
-            "confident": response.confident,
+            "confident": response.confident, "reason": pb.ClassifyResponse.Reason.Name(response.reason),
             "predictions": [{"label": p.label, "score": p.score} for p in response.predictions]}
 
 
@@ -145,16 +148,35 @@ def test_classify_stream_answers_in_order(stub, images):
     assert_same_answers([answer_json(r) for r in answers], [answer_json(r) for r in singles])
 
 
-def test_a_bad_image_ends_a_stream_after_the_good_answers_before_it(stub, images):
-    requests = [pb.ClassifyRequest(image=images[0]), pb.ClassifyRequest(image=images[1]),
-                pb.ClassifyRequest(image=b"not an image"), pb.ClassifyRequest(image=images[2])]
-    answers = []
-    with pytest.raises(grpc.RpcError) as err:
-        for answer in stub.ClassifyStream(iter(requests), timeout=30):
-            answers.append(answer)
-    assert len(answers) == 2
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert err.value.details().startswith("stream message 2:")
+def reason_of(status) -> str:
+    """The google.rpc.ErrorInfo reason in a google.rpc.Status."""
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return info.reason
+    return ""
+
+
+def test_one_bad_image_among_eight_answers_with_its_own_error_in_batch_and_stream(stub, images):
+    requests = [pb.ClassifyRequest(image=images[i], id=f"img-{i}") for i in range(8)]
+    requests[3] = pb.ClassifyRequest(image=b"not an image", id="broken")
+    for answers in (stub.ClassifyBatch(pb.ClassifyBatchRequest(requests=requests), timeout=30).responses,
+                    list(stub.ClassifyStream(iter(requests), timeout=30))):
+        assert [a.index for a in answers] == list(range(8)) and [a.id for a in answers] == [r.id for r in requests]
+        failed = answers[3]
+        assert (failed.error.code, failed.model, failed.label) == (grpc.StatusCode.INVALID_ARGUMENT.value[0], "", "")
+        assert reason_of(failed.error) == "INVALID_IMAGE" and "not an image" in failed.error.message
+        assert all(a.label and not a.HasField("error") for i, a in enumerate(answers) if i != 3)
+
+
+def test_a_stream_answers_each_image_without_waiting_for_the_next(stub, images):
+    sent: queue.Queue = queue.Queue()
+    stream = stub.ClassifyStream(iter(sent.get, None), timeout=30)
+    for i in range(3):
+        sent.put(pb.ClassifyRequest(image=images[i], id=str(i)))
+        assert next(stream).id == str(i)   # would block until the deadline if answers waited for reads
+    sent.put(None)
+    assert list(stream) == []
 
 
 def test_list_models(stub):
@@ -165,30 +187,35 @@ def test_list_models(stub):
 
 def test_errors_over_grpc_follow_the_table(stub, images):
     cases = [
-        (pb.ClassifyRequest(model="no-such-model", image=images[0]), grpc.StatusCode.NOT_FOUND, "unknown model"),
-        (pb.ClassifyRequest(image=b"\x00garbage bytes\xff" * 10), grpc.StatusCode.INVALID_ARGUMENT, "not an image"),
-        (pb.ClassifyRequest(image=b""), grpc.StatusCode.INVALID_ARGUMENT, "empty"),
-        (pb.ClassifyRequest(image=images[0], top_k=-1), grpc.StatusCode.INVALID_ARGUMENT, "top_k"),
+        (pb.ClassifyRequest(model="no-such-model", image=images[0]), grpc.StatusCode.NOT_FOUND, "unknown model",
+         "MODEL_NOT_FOUND"),
+        (pb.ClassifyRequest(image=b"\x00garbage bytes\xff" * 10), grpc.StatusCode.INVALID_ARGUMENT, "not an image",
+         "INVALID_IMAGE"),
+        (pb.ClassifyRequest(image=b""), grpc.StatusCode.INVALID_ARGUMENT, "empty", "INVALID_IMAGE"),
+        (pb.ClassifyRequest(image=images[0], top_k=-1), grpc.StatusCode.INVALID_ARGUMENT, "top_k", "INVALID_ARGUMENT"),
     ]
-    for request, code, words in cases:
+    for request, code, words, reason in cases:
         with pytest.raises(grpc.RpcError) as err:
             stub.Classify(request, timeout=30, metadata=[("x-request-id", "bad-1")])
         assert err.value.code() == code and words in err.value.details()
         assert dict(err.value.trailing_metadata())["x-request-id"] == "bad-1"
+        status = rpc_status.from_call(err.value)
+        assert reason_of(status) == reason and status.message == err.value.details()
 
 
-def test_one_bad_image_fails_a_batch_naming_its_index(stub, images):
+def test_too_many_images_fail_the_whole_batch_with_their_reason(stub, images):
     with pytest.raises(grpc.RpcError) as err:
-        stub.ClassifyBatch(pb.ClassifyBatchRequest(requests=[
-            pb.ClassifyRequest(image=images[0]), pb.ClassifyRequest(image=b"nope")]), timeout=30)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert err.value.details().startswith("requests[1]:")
-
-
-def test_messages_over_the_limit_are_resource_exhausted(stub):
-    with pytest.raises(grpc.RpcError) as err:
-        stub.Classify(pb.ClassifyRequest(image=bytes(17 * 2**20)), timeout=30)
+        stub.ClassifyBatch(pb.ClassifyBatchRequest(requests=[pb.ClassifyRequest(image=images[0])] * 65), timeout=30)
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert reason_of(rpc_status.from_call(err.value)) == "TOO_MANY_IMAGES"
+
+
+def test_messages_over_the_limit_are_answered_by_the_gateway_with_a_request_id(stub):
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Classify(pb.ClassifyRequest(image=bytes(20 * 2**20)), timeout=30, metadata=[("x-request-id", "big-1")])
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "over the limit" in err.value.details()
+    assert dict(err.value.trailing_metadata())["x-request-id"] == "big-1"
+    assert reason_of(rpc_status.from_call(err.value)) == "TOO_LARGE"
 
 
 def test_health_and_reflection(gateway):
@@ -199,7 +226,15 @@ def test_health_and_reflection(gateway):
         answers = reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
                                                   timeout=10)
         names = {s.name for a in answers for s in a.list_services_response.service}
-    assert {SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
+        # grpc.reflection.v1 has v1alpha's messages under another name: what newer tools ask first.
+        v1 = channel.stream_stream("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                                   request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                                   response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+        file = next(iter(v1(iter([reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE)]),
+                            timeout=10))).file_descriptor_response
+    assert {SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
+            "grpc.reflection.v1.ServerReflection"} <= names
+    assert file.file_descriptor_proto, "grpc.reflection.v1 did not describe the classifier service"
 
 
 # -- the API over REST --------------------------------------------------------------------------------
@@ -356,7 +391,9 @@ def test_decisions_match_the_in_process_model(gateway, stub, fashion_data, tiny_
     outputs = model.signatures["serving_default"](images=tf.constant(batch))
     labels = [c.decode() for c in outputs["classes"].numpy()[0]]
     scores = outputs["scores"].numpy()
-    expected = [decide(labels, row.tolist(), Thresholds(), "not sure", top_k=10) for row in scores]
+    ood = outputs["ood_score"].numpy() if "ood_score" in outputs else [None] * len(scores)
+    limit = outputs["ood_threshold"].numpy() if "ood_threshold" in outputs else [None] * len(scores)
+    expected = [decide(labels, row.tolist(), Thresholds(), "not sure", 10, o, t) for row, o, t in zip(scores, ood, limit)]
 
     answers = []
     for start in range(0, len(pixels), 50):
@@ -367,7 +404,8 @@ def test_decisions_match_the_in_process_model(gateway, stub, fashion_data, tiny_
     for i, (got, want) in enumerate(zip(answers, expected)):
         got_scores = {p.label: p.score for p in got.predictions}
         want_scores = {p.label: p.score for p in want.predictions}
-        if (got.label, got.confident) != (want.label, want.confident) or \
+        if (got.label, got.confident, pb.ClassifyResponse.Reason.Name(got.reason)) != \
+                (want.label, want.confident, want.reason) or \
                 any(abs(got_scores[k] - want_scores[k]) > 1e-5 for k in want_scores):
             mismatches.append((i, got.label, want.label))
     assert not mismatches, mismatches[:10]

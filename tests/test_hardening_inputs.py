@@ -176,11 +176,12 @@ def test_a_huge_classify_batch_is_refused_before_any_work(stub, gateway, pixels)
 
 
 def test_messages_and_bodies_over_the_limit(stub, rest):
-    # gRPC refuses an oversized message itself, before the gateway's code sees the call: the status
-    # and message are gRPC's (the one error without a request id - no handler ever ran).
+    # The gateway refuses an oversized message itself (its MessageGuard, before any handler runs),
+    # with a request id like any other error; gRPC's own limit stays far above, as a backstop.
     with pytest.raises(grpc.RpcError) as err:
         stub.Classify(pb.ClassifyRequest(image=bytes(17 * 2**20)), timeout=30)
-    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in err.value.details()
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "over the limit" in err.value.details()
+    assert dict(err.value.trailing_metadata()).get("x-request-id")
 
     big = bytes(11 * 2**20)
 
