@@ -6,6 +6,7 @@ flags. `parse` accepts what that accepts and words its errors the same way:
 * bytes after the first complete value are ignored;
 * nesting depth is unbounded (no recursion here either);
 * of duplicate object keys the first one counts (rapidjson's `FindMember`);
+* a UTF-8 byte order mark is skipped;
 * strings are not checked for valid UTF-8: invalid bytes survive into string tensors (see `utf8`).
 Valid documents go through the standard library's C parser; anything it refuses (or nests too
 deep for it) is parsed again by the iterative parser below, which either accepts it as rapidjson
@@ -57,7 +58,7 @@ def parse(body: bytes) -> Any:
     """The first JSON value in `body`; JsonSyntaxError worded as rapidjson words it."""
     if not body:
         raise JsonSyntaxError("The document is empty", None)  # TF Serving's own check, before rapidjson
-    start = _skip_whitespace(body, 0)
+    start = _skip_whitespace(body, 3 if body.startswith(b"\xef\xbb\xbf") else 0)  # rapidjson skips a BOM
     if start == len(body):
         raise JsonSyntaxError("The document is empty.", start)
     try:

@@ -421,6 +421,8 @@ PREDICT_CASES = [
     pytest.param(f"{H}:predict", b'{"instances": [1.0], "instances": [2.0], "signature_name": "float32", '
                                  b'"signature_name": "int32"}', {"predictions": [1.0]},
                  id="json_tensor.cc duplicate keys: the first counts (FindMember)"),
+    pytest.param(f"{H}:predict", b'\xef\xbb\xbf{"instances": [2.0]}', {"predictions": [3.0]},
+                 id="json_tensor.cc rapidjson's UTF-8 stream skips a byte order mark"),
     pytest.param(f"{H}:predict", b'{"instances": [2.0], "nested": ' + b"[" * DEEP + b"]" * DEEP + b"}",
                  {"predictions": [3.0]}, id="json_tensor_test.cc DeeplyNestedWellFormed"),
     pytest.param(f"{H}:regress", {"signature_name": "regress_x_to_y", "examples": [{"x": 80.0}]}, {"results": [42]},
