@@ -1,7 +1,8 @@
 """Conversions between the client's types and the wire: classifier.v1 messages and REST JSON.
 
 Shared by the gRPC and REST clients, so both answer with the same types. Also reads image sources
-(bytes or a path) and the per-call options.
+(bytes or a path), shrinks them when asked (`shrink_to`, with imaging.py), and holds the per-call
+options.
 """
 
 from __future__ import annotations
@@ -10,12 +11,19 @@ import collections
 import os
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Set, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Set, Tuple, Union
 
 from .errors import ClassifierError, ImageReadError, from_rest_body, from_status
 from .proto.classifier.v1 import classifier_pb2 as pb
 from .retry import Deadline, Retrier
 from .types import Classification, Images, ImageSource, ItemResult, ModelInfo, Prediction
+
+if TYPE_CHECKING:
+    from .imaging import InputSpec
+
+# What `shrink_to` accepts: (height, width, channels), or the text GET /v1/fleet shows ("28x28x1").
+ShrinkTo = Union[Tuple[int, int, int], str, "InputSpec"]
+SHRINK_NEEDS = "shrinking needs Pillow: pip install 'imgclass-client[shrink]'"
 
 _REASONS = {v.number: v.name for v in pb.ClassifyResponse.Reason.DESCRIPTOR.values}
 _STATE_TEXT = {  # ModelInfo.state_code -> the text `state` carries for it
@@ -34,12 +42,17 @@ class CallOptions:
     top_k: int = 0
     version: int = 0
     version_label: str = ""
+    shrink_to: Optional["InputSpec"] = None  # the model's input: images are shrunk to it before sending
 
     def __post_init__(self) -> None:
         if self.version and self.version_label:
             raise ValueError("give version or version_label, not both")
         if self.top_k < 0:
             raise ValueError(f"top_k must be 0 (the gateway's default) or more, not {self.top_k}")
+
+    def prepare(self, image: bytes) -> bytes:
+        """The bytes to send for `image`: itself, or shrunk (see `shrink`)."""
+        return image if self.shrink_to is None else shrink(image, self.shrink_to)
 
     def request(self, image: bytes, id: str = "") -> pb.ClassifyRequest:
         return pb.ClassifyRequest(model=self.model, image=image, top_k=self.top_k, version=self.version,
@@ -67,6 +80,54 @@ def read_image(source: ImageSource) -> bytes:
             return file.read()
     except OSError as exc:
         raise ImageReadError(f"{os.fspath(source)}: {exc.strerror or exc}", code="FILE") from None
+
+
+def call_options(model: str, top_k: int, version: int, version_label: str, shrink: bool,
+                 shrink_to: Optional[ShrinkTo], learn: Optional[Callable[[str], "InputSpec"]] = None) -> CallOptions:
+    """One call's options. With `shrink` and no `shrink_to`, the model's input size comes from
+    `learn(model)` (the REST client reads it from GET /v1/fleet); the gRPC API does not carry it."""
+    spec = None
+    if shrink_to is not None:
+        spec = input_spec(shrink_to)
+    elif shrink:
+        if learn is None:
+            raise ValueError("shrink=True over gRPC needs shrink_to=(height, width, channels): the gateway's gRPC API "
+                             "does not say the model's input size (GET /v1/fleet shows it, e.g. 28x28x1)")
+        input_spec("1x1x1")  # Pillow is there, before asking the gateway anything
+        spec = learn(model)
+    return CallOptions(model, top_k, version, version_label, spec)
+
+
+def input_spec(shrink_to: ShrinkTo) -> "InputSpec":
+    """`shrink_to` as an imaging.InputSpec; ImportError without Pillow, ValueError when malformed."""
+    try:
+        from .imaging import InputSpec
+    except ImportError as exc:
+        raise ImportError(f"{SHRINK_NEEDS} ({exc})") from None
+    if isinstance(shrink_to, InputSpec):
+        return shrink_to
+    if isinstance(shrink_to, str):
+        return InputSpec.parse(shrink_to)
+    height, width, channels = shrink_to
+    return InputSpec(int(height), int(width), int(channels))
+
+
+def shrink(image: bytes, spec: "InputSpec") -> bytes:
+    """`image` as a lossless PNG of exactly the model's input size, made by the gateway's own decoder
+    (imaging.py): the gateway decodes it to the pixels it would have made of `image`. An image that
+    decoder refuses is sent as it is, for the gateway to answer; so is one already smaller than its PNG."""
+    from .imaging import ImageDecodeError, shrink_image
+
+    try:
+        small = shrink_image(image, spec)
+    except ImageDecodeError:
+        return image
+    return small if len(small) < len(image) else image
+
+
+def load(source: ImageSource, options: CallOptions) -> bytes:
+    """The bytes to send for `source`: read (ImageReadError when unreadable), shrunk when asked."""
+    return options.prepare(read_image(source))
 
 
 def numbered(images: Images) -> Iterator[Tuple[int, str, ImageSource]]:
@@ -142,7 +203,7 @@ class StreamOrder:
         """The stream's requests, each image read as the stream asks for it."""
         for index, id, source in numbered(self._images):
             try:
-                image = read_image(source)
+                image = load(source, self._options)
             except ClassifierError as exc:
                 self._expected.append((index, id, exc))
                 continue
@@ -164,13 +225,13 @@ class StreamOrder:
         return results
 
 
-def readable(items: Iterable[Tuple[int, str, ImageSource]], results: Dict[int, ItemResult]
-              ) -> List[Tuple[int, str, bytes]]:
-    """The images as bytes; unreadable ones go straight into `results` with their error."""
+def readable(items: Iterable[Tuple[int, str, ImageSource]], results: Dict[int, ItemResult],
+             options: CallOptions) -> List[Tuple[int, str, bytes]]:
+    """The images as bytes to send; unreadable ones go straight into `results` with their error."""
     todo = []
     for index, id, source in items:
         try:
-            todo.append((index, id, read_image(source)))
+            todo.append((index, id, load(source, options)))
         except ClassifierError as exc:
             results[index] = ItemResult(index, id, error=exc)
     return todo

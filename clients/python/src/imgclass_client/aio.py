@@ -16,8 +16,8 @@ from typing import Any, AsyncIterator, Dict, List, Optional, Tuple
 import grpc
 import grpc.aio
 
-from ._wire import (CallOptions, StreamOrder, batch_answers, classification, model_info, numbered, ordered, read_image,
-                    readable)
+from ._wire import (CallOptions, ShrinkTo, StreamOrder, batch_answers, call_options, classification, load, model_info,
+                    numbered, ordered, readable)
 from .channel import GrpcClientBase, request_id_of, rpc_error
 from .errors import ClassifierError
 from .proto.classifier.v1 import classifier_pb2 as pb
@@ -32,17 +32,20 @@ class AsyncClassifierClient(GrpcClientBase):
 
     async def classify(self, image: ImageSource, *, model: str = "", top_k: int = 0, version: int = 0,
                        version_label: str = "", id: str = "", timeout: Optional[float] = None,
-                       request_id: Optional[str] = None) -> Classification:
-        """One image (bytes or a path) -> its Classification; raises ClassifierError."""
-        request = CallOptions(model, top_k, version, version_label).request(await _read(image), id)
+                       request_id: Optional[str] = None, shrink: bool = False,
+                       shrink_to: Optional[ShrinkTo] = None) -> Classification:
+        """One image (bytes or a path) -> its Classification; raises ClassifierError. `shrink_to` as
+        ClassifierClient.classify's (shrinking runs in a thread, off the event loop)."""
+        options = call_options(model, top_k, version, version_label, shrink, shrink_to)
+        request = options.request(await _load(image, options), id)
         response, rid = await self._unary(self._rpc.classify, request, self._deadline(timeout), request_id)
         return classification(response, rid)
 
     async def classify_many(self, images: Images, *, concurrency: int = 8, model: str = "", top_k: int = 0,
-                            version: int = 0, version_label: str = "",
-                            timeout: Optional[float] = None) -> List[ItemResult]:
+                            version: int = 0, version_label: str = "", timeout: Optional[float] = None,
+                            shrink: bool = False, shrink_to: Optional[ShrinkTo] = None) -> List[ItemResult]:
         """Many images, `concurrency` calls in flight, each retried on its own; results in input order."""
-        options = CallOptions(model, top_k, version, version_label)
+        options = call_options(model, top_k, version, version_label, shrink, shrink_to)
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         items = numbered(images)
@@ -51,7 +54,7 @@ class AsyncClassifierClient(GrpcClientBase):
         async def worker() -> None:
             for index, id, source in items:  # shared by the workers: each takes the next image
                 try:
-                    request = options.request(await _read(source))
+                    request = options.request(await _load(source, options))
                     response, rid = await self._unary(self._rpc.classify, request, self._deadline(timeout), None)
                     results.append(ItemResult(index, id, classification(response, rid)))
                 except ClassifierError as exc:
@@ -61,12 +64,16 @@ class AsyncClassifierClient(GrpcClientBase):
         return ordered(results)
 
     async def classify_batch(self, images: Images, *, model: str = "", top_k: int = 0, version: int = 0,
-                             version_label: str = "", timeout: Optional[float] = None) -> List[ItemResult]:
+                             version_label: str = "", timeout: Optional[float] = None, shrink: bool = False,
+                             shrink_to: Optional[ShrinkTo] = None) -> List[ItemResult]:
         """Images in one ClassifyBatch call, as ClassifierClient.classify_batch."""
-        options = CallOptions(model, top_k, version, version_label)
+        options = call_options(model, top_k, version, version_label, shrink, shrink_to)
         deadline = self._deadline(timeout)
         results: Dict[int, ItemResult] = {}
-        todo = readable(numbered(images), results)
+        if options.shrink_to is None:
+            todo = readable(numbered(images), results, options)
+        else:  # CPU work: off the event loop
+            todo = await asyncio.get_running_loop().run_in_executor(None, readable, numbered(images), results, options)
         attempt = 0
         while todo:
             attempt += 1
@@ -77,9 +84,10 @@ class AsyncClassifierClient(GrpcClientBase):
         return ordered(results.values())
 
     async def stream(self, images: Images, *, model: str = "", top_k: int = 0, version: int = 0,
-                     version_label: str = "", timeout: Optional[float] = None) -> AsyncIterator[ItemResult]:
+                     version_label: str = "", timeout: Optional[float] = None, shrink: bool = False,
+                     shrink_to: Optional[ShrinkTo] = None) -> AsyncIterator[ItemResult]:
         """ClassifyStream, as ClassifierClient.stream: `async for result in client.stream(images)`."""
-        order = StreamOrder(images, CallOptions(model, top_k, version, version_label))
+        order = StreamOrder(images, call_options(model, top_k, version, version_label, shrink, shrink_to))
         call = self._rpc.classify_stream(order.requests(), timeout=timeout, metadata=self._metadata(None),
                                          wait_for_ready=self._wait_for_ready)
         try:
@@ -124,8 +132,8 @@ class AsyncClassifierClient(GrpcClientBase):
             await asyncio.sleep(self._retrier.next_delay(error, attempt, deadline))
 
 
-async def _read(source: ImageSource) -> bytes:
-    """The image's bytes; a file is read in a thread, off the event loop."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
+async def _load(source: ImageSource, options: CallOptions) -> bytes:
+    """The bytes to send; reading a file and shrinking happen in a thread, off the event loop."""
+    if isinstance(source, (bytes, bytearray, memoryview)) and options.shrink_to is None:
         return bytes(source)
-    return await asyncio.get_running_loop().run_in_executor(None, read_image, source)
+    return await asyncio.get_running_loop().run_in_executor(None, load, source, options)
