@@ -25,7 +25,7 @@ from gateway import tensors
 from gateway.decode import InputSpec
 from gateway.errors import DeadlineExceeded, GatewayError, Overloaded, Unavailable
 from gateway.metrics import Metrics
-from gateway.wire import apis, apis_grpc
+from gateway.wire import ModelServiceStub, PredictionServiceStub, apis
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +137,8 @@ class Endpoint:
         self._call_timeout = call_timeout
         self._channel = (grpc.aio.insecure_channel(address, options=options) if credentials is None
                          else grpc.aio.secure_channel(address, credentials, options=options))
-        self._predictions = apis_grpc.PredictionServiceStub(self._channel)
-        self._models = apis_grpc.ModelServiceStub(self._channel)
+        self._predictions = PredictionServiceStub(self._channel)
+        self._models = ModelServiceStub(self._channel)
 
     async def close(self, grace: float | None = None) -> None:
         """Close the channel; with `grace`, calls in flight get that long to finish first."""
