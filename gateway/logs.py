@@ -57,9 +57,14 @@ class TextFormatter(logging.Formatter):
 
 
 def setup_logging(level: str, fmt: str) -> None:
-    """Configure the root logger once, at start-up (never at import)."""
+    """Configure the root logger once, at start-up (never at import). `fmt` auto: text on a
+    terminal, JSON otherwise. Python warnings (a library's DeprecationWarning, say) become log
+    records too, so nothing reaches stderr as raw text."""
+    if fmt == "auto":
+        fmt = "text" if sys.stderr.isatty() else "json"
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    logging.captureWarnings(True)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

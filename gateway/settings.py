@@ -254,7 +254,9 @@ class Settings(BaseSettings):
     tracing_service_name: str = Field("gateway", min_length=1, description="service.name of the spans")
     # Logs.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
-    log_format: Literal["json", "text"] = Field("json", description="json: one JSON object per line")
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="json: one JSON object per line; text: for people; auto: text when stderr is a "
+                            "terminal, else json")
 
     @field_validator("log_level", "log_format", "tracing", mode="before")
     @classmethod

@@ -319,7 +319,9 @@ Ctrl-C stops both.
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    stack = start_stack(default_ports=not args.free_ports, echo=True)
+    # People read these logs: the gateway writes text lines when this terminal is a terminal.
+    env = {**os.environ, "GATEWAY_LOG_FORMAT": "text"} if sys.stderr.isatty() else None
+    stack = start_stack(default_ports=not args.free_ports, echo=True, gateway_env=env)
     _print_urls(stack)
     stopping = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -369,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     except StackError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C while starting: whatever had started was stopped on the way out
+        print("interrupted; stopped", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
