@@ -373,6 +373,7 @@ def test_a_corrupt_idx_file_is_reported_not_crashed(tmp_path):
 
 # --- the command line -------------------------------------------------------------------------
 
+@pytest.mark.slow  # four runs of the CLI, two of them calibrating on the data
 def test_reexport_writes_the_same_weights_as_the_next_version_or_in_place(exported, test_images, tmp_path):
     import shutil
     base = tmp_path / "fashion"
