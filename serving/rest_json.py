@@ -146,7 +146,8 @@ def _fast_array(value: Any, shape: tuple[int, ...], kind: tensors.DType) -> np.n
         raise _Irregular()
     try:
         if bounds is None:
-            return objects.astype(kind.numpy)
+            with np.errstate(over="ignore"):  # beyond float32: infinity, as TF Serving converts it
+                return objects.astype(kind.numpy)
         wide = objects.astype(np.uint64 if kind.enum == types_pb2.DT_UINT64 else np.int64)
     except (OverflowError, ValueError, TypeError):
         raise _Irregular() from None
@@ -317,7 +318,8 @@ def _to_array(values: list, shape: tuple[int, ...], kind: tensors.DType) -> np.n
     elif kind.numpy.kind in "iu":
         array = np.array(values, dtype=np.uint64 if kind.enum == types_pb2.DT_UINT64 else np.int64).astype(kind.numpy)
     else:
-        array = np.array(values, dtype=kind.numpy)
+        with np.errstate(over="ignore"):
+            array = np.array(values, dtype=kind.numpy)
     return array.reshape(shape)
 
 

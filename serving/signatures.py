@@ -124,4 +124,12 @@ class Signature:
             result = self._function(**{alias: tf.constant(array) for alias, array in inputs.items()})
         except tf.errors.OpError as exc:
             raise ServingError(_GRPC_CODES.get(exc.error_code, grpc.StatusCode.UNKNOWN), exc.message) from exc
-        return {alias: tensor.numpy() for alias, tensor in result.items()}
+        return {alias: _ndarray(tensor) for alias, tensor in result.items()}
+
+
+def _ndarray(tensor: tf.Tensor) -> np.ndarray:
+    """A result tensor as an array (a scalar string tensor's `.numpy()` is plain bytes)."""
+    value = tensor.numpy()
+    if isinstance(value, np.ndarray):
+        return value
+    return np.array(value, dtype=object if tensor.dtype == tf.string else tensor.dtype.as_numpy_dtype)
