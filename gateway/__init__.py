@@ -6,7 +6,11 @@ A map of the package (one module, one job):
     settings.py      the one settings object (flags > GATEWAY_* env > YAML > defaults)
     grpc_service.py  gRPC transport: classifier.v1 servicer, health, reflection
     grpc_interceptors.py  before every gRPC handler: API key check, undecodable messages
-    rest.py          REST transport: FastAPI routes, web page, /metrics, /docs
+    rest.py          REST transport: create_app puts the rest_* modules together
+    rest_routes.py   REST routes: classify (single, batch), models, probes, /metrics, the web page
+    rest_requests.py reading a REST request: deadline header, body within limits, image parts
+    rest_middleware.py  around every route: request record, API key, 500s; the one error body
+    rest_schemas.py  response models and OpenAPI pieces;  rest_openapi.py: /openapi.json, /docs
     auth.py          API keys: the one check both transports run
     tls.py           TLS / mutual TLS for both ports and for the channel to the model server
     converters.py    core results <-> classifier.v1 messages and REST JSON
