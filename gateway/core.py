@@ -212,7 +212,8 @@ class ClassifierService:
         stages["decide"] = time.perf_counter() - started
 
         self._metrics.observe_stages(name, stages)
-        self._metrics.decisions.labels(name, str(used.version), decision.label, str(decision.confident).lower()).inc()
+        self._metrics.decisions.labels(name, str(used.version), decision.label, str(decision.confident).lower(),
+                                       decision.reason).inc()
         if plan.shadow is not None and plan.shadow.version != used.version:
             self._shadow.offer(plan.shadow, used, request.image, pixels, decision, settings, background)
         return Classification(name, used.version, decision, stages)

@@ -40,8 +40,10 @@ class Metrics:
         self.batch_size = Histogram("gateway_batch_size", "Images per Predict call to the model server",
                                     ["model"], buckets=BATCH_BUCKETS, registry=r)
         self.queue_depth = Gauge("gateway_queue_depth", "Images waiting for a batch", ["model"], registry=r)
-        self.decisions = Counter("gateway_decisions", "Decisions by model version and label (including the "
-                                 "uncertain one)", ["model", "version", "label", "confident"], registry=r)
+        self.decisions = Counter("gateway_decisions", "Decisions by model version, label (including the "
+                                 "uncertain one) and reason (OUT_OF_DISTRIBUTION's share is a first drift signal: "
+                                 "traffic that no longer looks like the training data)",
+                                 ["model", "version", "label", "confident", "reason"], registry=r)
         self.backend_requests = Counter(
             "gateway_backend_requests", "Calls to the model server by method and gRPC code (CANCELLED: "
             "every caller gave up - deadline, client gone, shutdown - and the call was cancelled)",
