@@ -86,7 +86,7 @@ async def image_from_body(request: Request, body: bytes, limit: int) -> bytes:
     media_type = _media_type(request)
     if media_type == "multipart/form-data":
         form = await _form(request, body, 1, limit, InvalidArgument(
-            f"one image per request here: send several `{IMAGE_FIELD}` parts to /v1/classify:batch"))
+            f"one image per request here, not several files: send them as `{IMAGE_FIELD}` parts to /v1/classify:batch"))
         try:
             upload = form.get(IMAGE_FIELD)
             if not isinstance(upload, UploadFile):
