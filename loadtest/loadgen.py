@@ -128,9 +128,9 @@ def _method(work: Workload, channel):
         from classifier.v1 import classifier_pb2_grpc
 
         return classifier_pb2_grpc.ClassifierStub(channel).Classify
-    from gateway.wire import apis_grpc
+    from gateway.wire import PredictionServiceStub
 
-    return apis_grpc.PredictionServiceStub(channel).Predict
+    return PredictionServiceStub(channel).Predict
 
 
 async def _drive(work: Workload, callers: int, start_at: float, warmup_s: float, seconds: float):
@@ -193,7 +193,7 @@ def _import_clients() -> None:
     import gateway.generated  # noqa: F401
     from classifier.v1 import classifier_pb2_grpc  # noqa: F401
     from gateway import tensors  # noqa: F401
-    from gateway.wire import apis_grpc  # noqa: F401
+    from gateway.wire import PredictionServiceStub  # noqa: F401
 
 
 def _pid() -> int:
