@@ -67,8 +67,8 @@ k8s-check: install ## render every kustomize overlay, validate offline, lint Doc
 loadtest: install ## Locust run with an SLO verdict; report in reports/loadtest/<timestamp>/
 	$(PY) -m loadtest.run $(if $(HOST),--host $(HOST)) $(ARGS)
 
-bench: install ## side-by-side benchmark; report in reports/bench/<timestamp>/
-	$(PY) -m loadtest.bench $(ARGS)
+bench: install ## side-by-side benchmark (PROFILE=1: py-spy on the gateway); report in reports/bench/<timestamp>/
+	$(PY) -m loadtest.bench $(if $(PROFILE),--profile) $(ARGS)
 
 clean: ## remove the venv and caches (keeps models/)
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info

@@ -14,11 +14,17 @@ on Predict calls in flight lifted), then measures, with the same small example i
 * request bytes: uint8 `tensor_content` against float32 values, one image and a batch of 32;
 * decode+resize of a 640x480 JPEG to the model's input on one core, with the gateway's decoder
   (gateway/decode.py: Pillow with JPEG draft mode);
-* the gateways' resident memory before and after the sweep.
+* the gateways' resident memory before and after the sweep;
+* with `--profile` (`make bench PROFILE=1`), py-spy on the batching gateway during its headline
+  point (loadtest/profile.py): a flame graph and the top 20 functions by CPU;
+* real photos (loadtest/bench_photos.py): 12 MP and 640x480 JPEGs, whole and shrunk by the client,
+  decode scaling over threads, the gateway's memory after a burst of photos;
+* two model-server replicas behind one gateway (loadtest/bench_fleet.py): per-endpoint routing
+  against one round_robin channel.
 
 Writes `reports/bench/<timestamp>/`: report.md (goals, tables, CPU per image, machine),
-samples.csv, goals.csv, bench.png (throughput and p50/p99 latency against concurrency) and the
-servers' logs. Numbers go in the report only: nothing here asserts on them. With `--baseline`, the
+samples.csv, goals.csv, bench.png (throughput and p50/p99 latency against concurrency), the
+profile (profile.svg, profile-stacks.txt) and the servers' logs. Numbers go in the report only: nothing here asserts on them. With `--baseline`, the
 run is compared with an earlier one (loadtest/bench_baseline.py) and exits 1 on a regression.
 
 This process speaks TF Serving's API through the gateway's wire subset, so it must never import
@@ -49,15 +55,17 @@ from gateway import tensors
 from gateway.backend import SIGNATURE, parse_signature
 from gateway.decode import DecodeLimits, InputSpec, decode_image
 from gateway.errors import GatewayError
-from gateway.wire import apis, apis_grpc
+from gateway.wire import PredictionServiceStub, apis
 from gateway.wire import tensor as tensor_pb2
-from loadtest import bench_baseline, bench_report, compare, machine
+from loadtest import bench_baseline, bench_fleet, bench_photos, bench_report, compare, machine
 from loadtest.bench_report import (BATCH, CPU_GATEWAY, CPU_MODEL_SERVER, SERIES_BATCH, SERIES_DIRECT_BYTES,
                                    SERIES_DIRECT_PIXELS, SERIES_GATEWAY_OFF, SERIES_GATEWAY_OFF_WIDE,
                                    SERIES_GATEWAY_ON, SERIES_TRIVIAL,
                                    DecodeRate)
 from loadtest.images import ImagePool, synthetic_photo
 from loadtest.loadgen import LoadGenerator, Sample, Workload
+from loadtest.probes import ProcessCpu
+from loadtest.profile import Profiler, py_spy
 from tools import stack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,6 +73,7 @@ REPORTS = ROOT / "reports" / "bench"
 IMAGE_BYTES_SIGNATURE = "image_bytes"
 SCORES = "scores"
 DECODE_SIZE = (640, 480)
+PARTS = ("photos", "replicas")  # what --skip can leave out
 # The gateways compared, by series: the environment each runs with, on top of this process's.
 # Batching off is measured twice: with the default cap of Predict calls in flight (so only that
 # many images are at the model server at once), and with the cap lifted, which is what batching
@@ -109,6 +118,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="models directory; its default model `fashion` is served (default: models)")
     parser.add_argument("--report-dir", type=Path, default=None, metavar="DIR",
                         help="where to write the report (default: reports/bench/<timestamp>)")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile the batching gateway with py-spy during its headline point (flame graph and "
+                             "top 20 functions in the report; make bench PROFILE=1)")
+    parser.add_argument("--skip", default="", metavar="LIST",
+                        help=f"comma-separated parts to leave out: {', '.join(PARTS)} (default: none)")
     parser.add_argument("--verbose", action="store_true", help="echo the servers' logs")
     compare.add_arguments(parser, what="a bench report folder or its samples.csv", ms_default=2.0)
     args = parser.parse_args(argv)
@@ -118,6 +132,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             bench_baseline.check(args.baseline)
     except (ValueError, bench_baseline.BaselineError) as exc:
         parser.error(str(exc))
+    args.skip = {v.strip() for v in args.skip.split(",") if v.strip()}
+    if args.skip - set(PARTS):
+        parser.error(f"--skip: unknown parts {sorted(args.skip - set(PARTS))}; known: {', '.join(PARTS)}")
+    if args.profile and py_spy() is None:
+        parser.error("--profile needs py-spy (pip install -e '.[dev]' installs it)")
     try:
         args.levels = sorted({int(v) for v in args.concurrency.split(",") if v.strip()})
     except ValueError:
@@ -132,7 +151,7 @@ def model_facts(target: str, name: str) -> ModelFacts:
     request = apis.GetModelMetadataRequest(metadata_field=["signature_def"])
     request.model_spec.name = name
     with grpc.insecure_channel(target) as channel:
-        response = apis_grpc.PredictionServiceStub(channel).GetModelMetadata(request, timeout=30)
+        response = PredictionServiceStub(channel).GetModelMetadata(request, timeout=30)
     signature = parse_signature(name, response)
     signatures = apis.SignatureDefMap()
     response.metadata["signature_def"].Unpack(signatures)
@@ -214,28 +233,6 @@ def rss_mib(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
 
 
-class ProcessCpu:
-    """Probe: the CPU time a server process spends in the measured window."""
-
-    def __init__(self, name: str, pid: int):
-        self.name = name
-        self._process = psutil.Process(pid)
-        self._start = self._used = 0.0
-
-    def _now(self) -> float:
-        times = self._process.cpu_times()
-        return times.user + times.system
-
-    def begin(self) -> None:
-        self._start = self._now()
-
-    def end(self) -> None:
-        self._used = self._now() - self._start
-
-    def record(self, sample: Sample) -> None:
-        sample.cpu_seconds[self.name] = self._used
-
-
 class GatewayMetrics:
     """Probe: the gateway's own account of the window, from its /metrics: images per Predict
     call and the mean time per image in each stage (decode, queue_wait, predict, decide)."""
@@ -295,6 +292,13 @@ def bench_stack(args: argparse.Namespace,
         yield server, gateways
 
 
+def stop_gateways_and_server(server: stack.ModelServer, gateways: dict[str, stack.Gateway]) -> None:
+    """Frees the cores (and memory) for the next stack; bench_stack's own stops are then no-ops."""
+    for gw in gateways.values():
+        gw.process.stop()
+    server.process.stop()
+
+
 def progress(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
@@ -335,23 +339,34 @@ def measure_without_load(result: bench_report.BenchResult, args: argparse.Namesp
                                       b"".join(pixels), args.seconds, report_dir)
 
 
-def measure_under_load(result: bench_report.BenchResult, args: argparse.Namespace, server: stack.ModelServer,
-                       gateways: dict[str, stack.Gateway], facts: ModelFacts, images: list[bytes],
-                       pixels: list[bytes]) -> None:
-    """The trivial-endpoint check, the sweep, and the model server at batch 32."""
+def measure_under_load(result: bench_report.BenchResult, args: argparse.Namespace, gen: LoadGenerator,
+                       server: stack.ModelServer, gateways: dict[str, stack.Gateway], facts: ModelFacts,
+                       images: list[bytes], pixels: list[bytes], report_dir: Path) -> None:
+    """The trivial-endpoint check, the sweep (profiled at its headline point with --profile), the
+    model server at batch 32, and the real photos."""
     gw_on = gateways[SERIES_GATEWAY_ON]
-    with LoadGenerator(args.processes, warmup_s=args.warmup, seconds=args.seconds) as gen:
-        progress(f"load generator on a trivial endpoint, {max(args.levels)} in flight ...")
-        result.trivial = gen.measure(SERIES_TRIVIAL, Workload("health", gw_on.grpc_target), max(args.levels),
-                                     [ProcessCpu(CPU_GATEWAY, gw_on.process.proc.pid)])
-        plan = sweep_plan(server, gateways, facts, images, pixels)
-        for level in args.levels:  # every series at one level back to back: compared under the same
-            for series, work, probes in plan:  # background load, on a machine others share
-                progress(f"{series}: {level} in flight ...")
-                result.samples.append(gen.measure(series, work, level, probes))
-        progress(f"model server Predict at batch {BATCH}, one call in flight ...")
-        result.batch_server = gen.measure(SERIES_BATCH, pixel_workload(server, facts, pixels, BATCH), 1,
-                                          [ProcessCpu(CPU_MODEL_SERVER, server.process.proc.pid)])
+    progress(f"load generator on a trivial endpoint, {max(args.levels)} in flight ...")
+    result.trivial = gen.measure(SERIES_TRIVIAL, Workload("health", gw_on.grpc_target), max(args.levels),
+                                 [ProcessCpu(CPU_GATEWAY, gw_on.process.proc.pid)])
+    plan = sweep_plan(server, gateways, facts, images, pixels)
+    headline = bench_report.headline_level([Sample("", level, 0, 0, 0) for level in args.levels])
+    for level in args.levels:  # every series at one level back to back: compared under the same
+        for series, work, probes in plan:  # background load, on a machine others share
+            profiled = args.profile and series == SERIES_GATEWAY_ON and level == headline
+            if profiled:
+                profiler = Profiler(CPU_GATEWAY, gw_on.process.proc.pid, report_dir)
+                probes = [*probes, profiler]
+                result.profile = profiler.profile
+            progress(f"{series}: {level} in flight{' (profiled)' if profiled else ''} ...")
+            result.samples.append(gen.measure(series, work, level, probes))
+    progress(f"model server Predict at batch {BATCH}, one call in flight ...")
+    result.batch_server = gen.measure(SERIES_BATCH, pixel_workload(server, facts, pixels, BATCH), 1,
+                                      [ProcessCpu(CPU_MODEL_SERVER, server.process.proc.pid)])
+    result.rss_after = {name: rss_mib(gw.process.proc.pid) for name, gw in gateways.items()}
+    if "photos" not in args.skip:
+        result.photos = bench_photos.measure(gen, gw_on.grpc_target, gw_on.process.proc.pid,
+                                             server.process.proc.pid, facts.spec, images, args.seconds,
+                                             result.machine.usable_cores, progress)
 
 
 def run(args: argparse.Namespace, report_dir: Path) -> bench_report.BenchResult:
@@ -374,8 +389,12 @@ def run(args: argparse.Namespace, report_dir: Path) -> bench_report.BenchResult:
                                 "is Predict with uint8 pixels decoded by the client.")
         result.rss_before = {name: rss_mib(gw.process.proc.pid) for name, gw in gateways.items()}
         measure_without_load(result, args, facts, pixels, report_dir)
-        measure_under_load(result, args, server, gateways, facts, images, pixels)
-        result.rss_after = {name: rss_mib(gw.process.proc.pid) for name, gw in gateways.items()}
+        with LoadGenerator(args.processes, warmup_s=args.warmup, seconds=args.seconds) as gen:
+            measure_under_load(result, args, gen, server, gateways, facts, images, pixels, report_dir)
+            if "replicas" not in args.skip:
+                stop_gateways_and_server(server, gateways)
+                result.fleet = bench_fleet.measure(gen, args.models_dir, GATEWAYS[SERIES_GATEWAY_ON], images,
+                                                   report_dir, args.verbose, progress)
     result.finished = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     result.load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
     return result

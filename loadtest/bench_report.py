@@ -1,8 +1,11 @@
 """The benchmark's report: goals met or missed, the sweep, and how it was measured.
 
-`write(result, folder)` produces report.md, samples.csv (one row per measured point), goals.csv
-and bench.png (throughput, p50 and p99 latency against concurrency). The goals are the issue's
-(and the contract's memory limit); a goal that could not be measured says why instead of passing.
+`write(result, folder)` produces report.md, samples.csv (one row per measured point, with the CPU
+milliseconds per image of each process measured, blank where not measured), goals.csv and
+bench.png (throughput, p50 and p99 latency against concurrency). The goals are the stack's speed
+and cost targets (loadtest/README.md lists them); a goal that could not be measured says why
+instead of passing. The real-photo and two-replica series (loadtest/bench_photos.py,
+loadtest/bench_fleet.py) and the profile (loadtest/profile.py) add their goals and sections.
 """
 
 from __future__ import annotations
@@ -11,13 +14,20 @@ import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from loadtest.loadgen import LOADGEN_CPU, Sample
 from loadtest.machine import Machine
 
+if TYPE_CHECKING:
+    from loadtest.bench_fleet import FleetResult
+    from loadtest.bench_photos import PhotoResult
+    from loadtest.profile import Profile
+
 HEADLINE_CONCURRENCY = 32
-IDLE_RSS_LIMIT_MIB = 150.0  # CONTRACT §1: the gateway's idle resident memory
+IDLE_RSS_LIMIT_MIB = 150.0  # the gateway's idle resident memory
+GATEWAY_CPU_MS_GOAL = 1.0  # gateway CPU per image, batching on, at the headline concurrency
+GATEWAY_CPU_VS_TRIVIAL_GOAL = 1.8  # ... as a multiple of its CPU per trivial health Check in the same run
 BATCH = 32  # images per Predict when comparing the model server with the in-process call
 
 # The measured series, by name (loadtest/bench.py measures them under these names).
@@ -69,6 +79,9 @@ class BenchResult:
     rss_before: dict[str, float] = field(default_factory=dict)
     rss_after: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    photos: "PhotoResult | None" = None
+    fleet: "FleetResult | None" = None
+    profile: "Profile | None" = None
 
 
 @dataclass(frozen=True)
@@ -135,6 +148,7 @@ def goals(r: BenchResult) -> list[Goal]:
                     "n/a" if ratio is None else
                     f"{ratio:.2f}× ({on.images_per_s:,.0f} vs {direct.images_per_s:,.0f}){_by_cpu(direct, on)}",
                     "≥ 0.9×", None if ratio is None else ratio >= 0.9))
+    out += cpu_goals(r, on, level)
     ratio = _ratio(on and on.images_per_s, off and off.images_per_s)
     p99_ok = on is not None and off is not None and on.percentile_ms(0.99) <= off.percentile_ms(0.99)
     out.append(Goal(f"gateway micro-batching on vs off (the better of the two off variants: "
@@ -174,19 +188,47 @@ def goals(r: BenchResult) -> list[Goal]:
     out.append(Goal("load generator headroom: trivial endpoint vs best system figure, calls/s",
                     "n/a" if trivial is None or system_best is None else f"{trivial:,.0f} vs {system_best:,.0f}",
                     "trivial > system", None if trivial is None or system_best is None else trivial > system_best))
-    return out
+    from loadtest import bench_fleet, bench_photos
+
+    return out + bench_photos.goals(r.photos) + bench_fleet.goals(r.fleet)
+
+
+def _finite(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else value
+
+
+def cpu_goals(r: BenchResult, on: Sample | None, level: int) -> list[Goal]:
+    """The gateway's CPU per image, absolute and against its CPU per trivial call in the same run."""
+    mine = _finite(on.cpu_ms_per_image(CPU_GATEWAY)) if on else None
+    trivial = _finite(r.trivial.cpu_ms_per_image(CPU_GATEWAY)) if r.trivial and r.trivial.calls else None
+    ratio = _ratio(mine, trivial)
+    return [
+        Goal(f"gateway CPU per image, batching on, {level} in flight",
+             "n/a" if mine is None else f"{mine:.2f} ms", f"≤ {GATEWAY_CPU_MS_GOAL:.1f} ms",
+             None if mine is None else mine <= GATEWAY_CPU_MS_GOAL),
+        Goal(f"gateway CPU per image vs per trivial health Check call (same run), {level} in flight",
+             "n/a" if ratio is None else f"{ratio:.2f}× ({mine:.2f} vs {trivial:.2f} ms)",
+             f"≤ {GATEWAY_CPU_VS_TRIVIAL_GOAL}×", None if ratio is None else ratio <= GATEWAY_CPU_VS_TRIVIAL_GOAL),
+    ]
 
 
 def write_samples_csv(samples: Sequence[Sample], path: Path) -> None:
     with path.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["series", "concurrency", "processes", "seconds", "images_per_call", "calls", "calls_per_s",
-                    "images_per_s", "p50_ms", "p90_ms", "p99_ms", "errors"])
+                    "images_per_s", "p50_ms", "p90_ms", "p99_ms", "errors", *CPU_COLUMNS])
         for s in samples:
+            cpu = [s.cpu_ms_per_image(process) for process in CPU_COLUMNS.values()]
             w.writerow([s.series, s.concurrency, s.processes, s.seconds, s.images_per_call, s.calls,
                         f"{s.calls_per_s:.1f}", f"{s.images_per_s:.1f}", f"{s.percentile_ms(0.5):.2f}",
                         f"{s.percentile_ms(0.9):.2f}", f"{s.percentile_ms(0.99):.2f}",
-                        ";".join(f"{k}={v}" for k, v in sorted(s.errors.items()))])
+                        ";".join(f"{k}={v}" for k, v in sorted(s.errors.items())),
+                        *("" if math.isnan(c) else f"{c:.3f}" for c in cpu)])
+
+
+# samples.csv's CPU columns: milliseconds of CPU per image answered, by process (blank: not measured).
+CPU_COLUMNS = {"loadgen_cpu_ms_per_image": LOADGEN_CPU, "gateway_cpu_ms_per_image": CPU_GATEWAY,
+               "server_cpu_ms_per_image": CPU_MODEL_SERVER}
 
 
 def write_goals_csv(found: Sequence[Goal], path: Path) -> None:
@@ -267,6 +309,18 @@ def _cpu_table(samples: Sequence[Sample]) -> list[str]:
     return lines
 
 
+def series_table(samples: Sequence[Sample]) -> list[str]:
+    """A series' points with their latency and the servers' CPU per image."""
+    lines = ["| series | in flight | images/s | p50 ms | p99 ms | errors | gateway CPU ms/img | "
+             "model server CPU ms/img |", "|---|---:|---:|---:|---:|---|---:|---:|"]
+    for s in samples:
+        errors = ", ".join(f"{k} {v}" for k, v in sorted(s.errors.items())) or "0"
+        lines.append(f"| {s.series} | {s.concurrency} | {s.images_per_s:,.1f} | {s.percentile_ms(0.5):,.1f} | "
+                     f"{s.percentile_ms(0.99):,.1f} | {errors} | {_num(s.cpu_ms_per_image(CPU_GATEWAY))} | "
+                     f"{_num(s.cpu_ms_per_image(CPU_MODEL_SERVER))} |")
+    return lines
+
+
 def cost_note(r: BenchResult) -> str | None:
     """What the CPU accounting says about the gateway-vs-direct ratio at the headline concurrency."""
     level = headline_level(r.samples)
@@ -321,6 +375,16 @@ def render(r: BenchResult, found: Sequence[Goal]) -> str:
     note = cost_note(r)
     if note:
         lines += [note, ""]
+    if r.profile is not None:
+        from loadtest import profile
+
+        on = _at(r.samples, SERIES_GATEWAY_ON, headline_level(r.samples))
+        cpu = on.cpu_ms_per_image(CPU_GATEWAY) if on else float("nan")
+        lines += [f"## Where the gateway's CPU goes (profile, {SERIES_GATEWAY_ON}, "
+                  f"{headline_level(r.samples)} in flight)", "", *profile.markdown(r.profile, cpu)]
+    from loadtest import bench_fleet, bench_photos
+
+    lines += bench_photos.markdown(r.photos, series_table) + bench_fleet.markdown(r.fleet, series_table)
     lines += [
         "## Other measurements", "", *_sweep_table(extra), "",
     ]
@@ -348,7 +412,8 @@ def render(r: BenchResult, found: Sequence[Goal]) -> str:
 def write(r: BenchResult, folder: Path) -> list[Goal]:
     found = goals(r)
     extra = [s for s in (r.trivial, r.batch_server) if s is not None]
-    write_samples_csv([*r.samples, *extra], folder / "samples.csv")
+    series = [*(r.photos.samples if r.photos else ()), *(r.fleet.samples if r.fleet else ())]
+    write_samples_csv([*r.samples, *extra, *series], folder / "samples.csv")
     write_goals_csv(found, folder / "goals.csv")
     if r.samples:
         plot(r.samples, folder / "bench.png")
