@@ -16,11 +16,13 @@ import os
 import re
 import shutil
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
+from loadtest.photos import camera_photo
 from tools import stack
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -329,3 +331,67 @@ def test_model_selector_sends_to_the_chosen_model(open_page, two_model_gateway, 
     assert rest.status_code in (404, 503), rest.text
     expect(page.locator("#problem-message")).to_have_text(rest.json()["error"]["message"])
     expect(page.locator("#problem-detail")).to_contain_text(f"HTTP {rest.status_code}")
+
+
+def test_photos_are_shrunk_in_the_browser_with_the_full_uploads_decision(open_page, gateway):
+    photos = {p.name: p.read_bytes() for p in stack.example_images() if p.parent.name == "photos"}
+    assert photos, f"no example photos under {stack.EXAMPLES_DIR / 'photos'}"
+    photos["camera-12mp.jpg"] = camera_photo()  # what a phone uploads: about 4 MB
+    page = open_page()
+    page.wait_for_load_state("networkidle")  # the model list and the input sizes (GET v1/fleet) are in
+    for name, data in photos.items():
+        with page.expect_request(lambda r: r.method == "POST") as sent:
+            page.set_input_files("#file", files=[{"name": name, "mimeType": "image/jpeg", "buffer": data}])
+        wait_for_answer(page)
+        # Chromium does not hand a blob upload's body to Playwright; its length is in the headers.
+        upload = int(sent.value.all_headers()["content-length"])
+        assert upload < len(data) / (20 if len(data) > 2**20 else 1), f"{name}: {upload} B sent for {len(data)} B"
+        expect(page.locator("#meta-upload")).to_have_attribute("data-shrunk", "true")
+        expect(page.locator("#meta-upload")).to_contain_text("shrunk here to")
+        shown = shown_outcome(page)
+        full = rest_classify(gateway, name, data, "image/jpeg", 5).json()
+        assert (shown["label"], shown["confident"]) == (full["label"], full["confident"]), name
+        assert shown["bars"][0]["label"] == full["predictions"][0]["label"], name
+        full_scores = {p["label"]: p["score"] for p in full["predictions"]}
+        delta = max(abs(b["score"] - full_scores.get(b["label"], 0.0)) for b in shown["bars"])
+        print(f"{name}: {len(data)} -> {upload} B, decision {shown['label']!r}, max score delta {delta:.4f}")
+
+    # An image already near the model's size goes as it is.
+    small = next(p for p in stack.example_images() if p.parent.name == "fashion")
+    with page.expect_request(lambda r: r.method == "POST") as sent:
+        page.set_input_files("#file", small)
+    wait_for_answer(page)
+    assert int(sent.value.all_headers()["content-length"]) > len(small.read_bytes())  # the file itself
+    expect(page.locator("#meta-upload")).to_have_attribute("data-shrunk", "false")
+    expect(page.locator("#meta-upload-row")).to_be_hidden()
+
+
+def test_api_docs_render_offline(browser, gateway):
+    """/docs is Swagger UI from the gateway's own files: with every request that leaves this machine
+    blocked, the page still lists every operation of /openapi.json."""
+    spec = httpx.get(f"{gateway.http_url}/openapi.json", timeout=10).json()
+    context = browser.new_context(viewport=DESKTOP)
+    blocked, script_errors = [], []
+
+    def only_local(route) -> None:
+        if urlsplit(route.request.url).hostname in ("127.0.0.1", "localhost"):
+            route.continue_()
+        else:
+            blocked.append(route.request.url)
+            route.abort()
+
+    try:
+        context.route("**/*", only_local)
+        page = context.new_page()
+        page.on("pageerror", lambda exc: script_errors.append(str(exc)))
+        assert page.goto(f"{gateway.http_url}/docs").ok
+        for item in spec["paths"].values():
+            for operation in item.values():
+                tag = operation.get("tags", ["default"])[0].replace(" ", "_")
+                expect(page.locator(f"#operations-{tag}-{operation['operationId']}")).to_be_visible(timeout=15_000)
+        expect(page.locator(".opblock")).to_have_count(sum(len(item) for item in spec["paths"].values()))
+        expect(page.locator("button.authorize")).to_be_visible()  # the bearer scheme
+    finally:
+        context.close()
+    assert not blocked, f"/docs asked for files from elsewhere: {blocked}"
+    assert not script_errors, script_errors

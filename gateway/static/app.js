@@ -1,5 +1,6 @@
 // The gateway's web page: pick, drop or paste an image (or click a bundled example), send it to
-// the REST API (CONTRACT §5) and show the decision, the top-k scores and the timings.
+// the REST API (README.md, "API") and show the decision, the top-k scores and the timings. A photo
+// far larger than the model's input is shrunk in the browser before it is sent (see "shrinking").
 //
 // Plain browser JavaScript, no build step and no third-party code, so the page works offline and
 // what is served is what is read. Every URL is relative, so the page also works behind a path
@@ -36,6 +37,8 @@ const ui = {
   metaServerRow: $("meta-server-row"),
   metaServer: $("meta-server"),
   metaStages: $("meta-stages"),
+  metaUploadRow: $("meta-upload-row"),
+  metaUpload: $("meta-upload"),
   problem: $("problem"),
   problemTitle: $("problem-title"),
   problemMessage: $("problem-message"),
@@ -43,8 +46,8 @@ const ui = {
   announcer: $("announcer"),
 };
 
-// What the user sees for each HTTP status of the error table (CONTRACT §6); the server's own
-// message is shown under the title.
+// What the user sees for each HTTP status of the error table (README.md, "Errors"); the server's
+// own message is shown under the title.
 const ERROR_TITLES = {
   400: "This file cannot be classified",
   401: "Not signed in",
@@ -59,6 +62,8 @@ const state = {
   current: null,     // {blob, name, source}: the image on screen, re-sent when the model or top-k changes
   inFlight: null,    // AbortController of the request whose answer the page is waiting for
   previewUrl: null,  // object URL of the preview, revoked when replaced
+  defaultModel: "",  // the gateway's default model: the first that GET v1/models lists
+  inputs: {},        // model name -> {height, width} of its input, from GET v1/fleet
 };
 
 const percent = (score) => `${(score * 100).toFixed(1)}%`;
@@ -119,6 +124,7 @@ async function loadModels() {
     return;
   }
   renderModelChoice(models);
+  state.defaultModel = models[0]?.name || "";
   const ready = models.filter((m) => m.state === "AVAILABLE");
   if (ready.length === 0) setTimeout(loadModels, MODELS_RETRY_MS);
   if (models.length === 0) {
@@ -154,6 +160,73 @@ function renderModelChoice(models) {
   }
   if (models.some((m) => m.name === chosen)) ui.model.value = chosen;
   show(ui.modelField, models.length > 1);
+}
+
+// ---- shrinking ------------------------------------------------------------------------------
+
+// A photo far larger than the model's input (a phone's 12 MP for a 28x28 model) is shrunk here
+// before upload: megabytes become kilobytes and the gateway decodes far fewer pixels. A browser's
+// resize is not the gateway's (Pillow's), so the photo is only brought down to SHRINK_FACTOR times
+// the input size, as a lossless PNG, and the gateway still makes the last step to the model's
+// pixels. The input sizes come from GET v1/fleet (models.<name>.versions[].input, "28x28x1"); a
+// gateway that does not answer it gets every image as it is. Only the formats the gateway accepts
+// by default are shrunk, so a format it refuses is still refused with its own message.
+const SHRINK_FACTOR = 4;
+const SHRINK_BELOW = 0.5;  // shrink only when the photo is at least twice the target on each side
+const SHRINKABLE = [[0xff, 0xd8, 0xff], [0x89, 0x50, 0x4e, 0x47], [0x52, 0x49, 0x46, 0x46]];  // JPEG, PNG, RIFF (WebP)
+
+async function loadInputs() {
+  try {
+    const response = await fetch("v1/fleet", { headers: { accept: "application/json" } });
+    if (!response.ok) return;
+    for (const [name, model] of Object.entries((await response.json()).models || {})) {
+      const versions = model.versions || [];
+      const chosen = versions.find((v) => v.version === model.default_version) || versions[0];
+      const size = /^(\d+)x(\d+)x\d+$/.exec(chosen?.input || "");
+      if (size) state.inputs[name] = { height: Number(size[1]), width: Number(size[2]) };
+    }
+  } catch (err) {
+    console.info("no model input sizes; images are sent as they are:", err.message);
+  }
+}
+
+async function shrinkable(blob) {
+  const head = new Uint8Array(await blob.slice(0, 4).arrayBuffer());
+  return SHRINKABLE.some((magic) => magic.every((byte, i) => head[i] === byte));
+}
+
+// {blob, width, height} of the shrunk photo, or null: send the original.
+async function shrinkForUpload(blob) {
+  const input = state.inputs[ui.model.value || state.defaultModel];
+  if (!input || !(await shrinkable(blob))) return null;
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(blob);  // EXIF orientation applied, as the gateway does
+  } catch {
+    return null;  // not an image this browser decodes: the gateway will say what is wrong
+  }
+  try {
+    const scale = Math.max(SHRINK_FACTOR * input.width / bitmap.width, SHRINK_FACTOR * input.height / bitmap.height);
+    if (scale > SHRINK_BELOW) return null;
+    const width = Math.max(1, Math.round(bitmap.width * scale));
+    const height = Math.max(1, Math.round(bitmap.height * scale));
+    const canvas = document.createElement("canvas");
+    canvas.width = width;
+    canvas.height = height;
+    const context = canvas.getContext("2d");
+    context.imageSmoothingEnabled = true;
+    context.imageSmoothingQuality = "high";
+    context.drawImage(bitmap, 0, 0, width, height);
+    const png = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+    return png && png.size < blob.size ? { blob: png, width, height } : null;
+  } finally {
+    bitmap.close();
+  }
+}
+
+function formatBytes(n) {
+  if (n >= 1e6) return `${(n / 1e6).toFixed(1)} MB`;
+  return n >= 1e3 ? `${Math.round(n / 1e3)} kB` : `${n} B`;
 }
 
 // ---- examples -------------------------------------------------------------------------------
@@ -320,12 +393,15 @@ async function classify(blob, name, source = null) {
   showPreview(blob, name);
   setBusy();
 
-  const form = new FormData();
-  form.append("image", blob, name);
   const started = performance.now();
   let response;
   let body;
+  let shrunk = null;
   try {
+    shrunk = await shrinkForUpload(blob);
+    if (controller.signal.aborted) return;
+    const form = new FormData();
+    form.append("image", shrunk ? shrunk.blob : blob, name);
     response = await fetch(classifyUrl(), {
       method: "POST",
       body: form,
@@ -350,7 +426,16 @@ async function classify(blob, name, source = null) {
     showHttpError(response, body, name);
   } else {
     showOutcome(body, { elapsed, serverTiming: response.headers.get("server-timing") });
+    showUpload(blob, shrunk);
   }
+}
+
+function showUpload(original, shrunk) {
+  ui.metaUpload.dataset.shrunk = String(Boolean(shrunk));
+  ui.metaUpload.textContent = shrunk
+    ? `shrunk here to ${shrunk.width}×${shrunk.height}: ${formatBytes(shrunk.blob.size)} instead of ${formatBytes(original.size)}`
+    : "";
+  show(ui.metaUploadRow, Boolean(shrunk));
 }
 
 // Error answers from a proxy in front of the gateway may not be JSON; keep going without a body.
@@ -468,4 +553,5 @@ function showProblem({ title, message, detail = "" }) {
 
 wireInputs();
 loadModels();
+loadInputs();
 loadExamples();
