@@ -222,7 +222,7 @@ async def create_grpc_server(settings: Settings, service: ClassifierService, reg
         # The gateway's own MessageGuard answers messages over max_message_bytes; gRPC's limit is the backstop.
         ("grpc.max_receive_message_length", settings.max_message_bytes * GRPC_HARD_LIMIT_FACTOR),
         ("grpc.max_send_message_length", settings.max_message_bytes),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),  # workers share the port; else a clash is an error
     ])
     pb_grpc.add_ClassifierServicer_to_server(
         ClassifierServicer(service, metrics, auth, stream_window=settings.max_batch_size), server)

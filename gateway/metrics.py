@@ -8,6 +8,9 @@ templates, statuses are gRPC code names (gRPC) or HTTP status codes (REST).
 
 from __future__ import annotations
 
+import os
+
+from gateway.workers import WORKER_ENV
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
                                PlatformCollector, ProcessCollector, generate_latest)
 
@@ -90,6 +93,9 @@ class Metrics:
         self.shadow_skipped = Counter("gateway_shadow_skipped", "Shadow copies not sent or not compared, by reason "
                                       "(busy, unavailable, failed, input)", ["model", "reason"], registry=r)
         self.ready = Gauge("gateway_ready", "1 when /readyz answers 200", registry=r)
+        self.worker = Gauge("gateway_worker", "1, labelled with the index of the gateway worker process that "
+                            "answered this scrape (0 when there is one)", ["worker"], registry=r)
+        self.worker.labels(os.environ.get(WORKER_ENV, "0")).set(1)
         self._endpoint_versions: set[tuple[str, str, str]] = set()
         self._endpoint_image_labels: set[tuple[str, str, str]] = set()
 

@@ -46,6 +46,7 @@ from gateway.rest import create_app
 from gateway.settings import Settings, SettingsError, env_name, flag_name, load_settings
 from gateway.tls import TlsConfigError, backend_credentials, uvicorn_ssl_options
 from gateway.tracing import start_tracing
+from gateway.workers import is_worker, supervise
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +69,17 @@ class _EmbeddedUvicorn(uvicorn.Server):
         self.started_event.set()
 
 
-def bind_tcp(host: str, port: int) -> socket.socket:
-    """A listening-ready TCP socket on host:port (port 0: the kernel picks one)."""
+def bind_tcp(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A listening-ready TCP socket on host:port (port 0: the kernel picks one); `reuse_port`: other
+    processes may bind the same port (gateway workers)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections only when the
     # listening socket says it is TCP; without it, reused REST connections pay Nagle's ~40 ms.
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
     except OSError:
         sock.close()
@@ -112,7 +116,7 @@ async def serve(settings: Settings, flags: dict | None = None) -> int:
     reloader = SettingsReloader(settings, flags or {}, apply)
     try:
         grpc_server, grpc_port, health_servicer = await create_grpc_server(settings, service, registry, metrics, auth)
-        http_socket = bind_tcp(settings.host, settings.http_port)
+        http_socket = bind_tcp(settings.host, settings.http_port, reuse_port=settings.workers > 1)
     except (OSError, RuntimeError) as exc:
         log.error("cannot bind: %s", exc)
         await fleet.close()
@@ -207,5 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     if print_settings:
         print(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False), end="")
         return 0
+    if settings.workers > 1 and not is_worker():
+        return supervise(list(argv if argv is not None else sys.argv[1:]), settings.workers, settings.host,
+                         settings.grpc_port, settings.http_port)
     setup_logging(settings.log_level, settings.log_format)
     return asyncio.run(serve(settings, args))

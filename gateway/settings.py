@@ -160,6 +160,9 @@ class Settings(BaseSettings):
                                          "changes (also on SIGHUP); models.* and backend apply without a "
                                          "restart; 0: only on SIGHUP")
     host: str = Field("127.0.0.1", description="address to bind both ports to (0.0.0.0 in containers)")
+    workers: int = Field(1, ge=1, le=64, description="gateway processes sharing both ports (SO_REUSEPORT), "
+                                                      "each with its own batcher and metrics; 1 per pod and more "
+                                                      "pods is the usual choice")
     grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one")
     http_port: int = Field(8080, ge=0, le=65535, description="HTTP port; 0 picks a free one")
     # Models and answers.
