@@ -195,8 +195,8 @@ class ClassifierService:
             started = time.perf_counter()
             pixels = await self._decoder.decode(request.image, info.input, background)
             stages["decode"] = time.perf_counter() - started
-            result = await self._batchers[name].submit((info.version, plan.route.strict), pixels, deadline,
-                                                        request.caller)
+            caller = request.caller if self._settings.fair_queueing else ""
+            result = await self._batchers[name].submit((info.version, plan.route.strict), pixels, deadline, caller)
         except Overloaded:
             self._metrics.caller_rejections.labels(name, self._caller_labels(request.caller)).inc()
             raise

@@ -26,7 +26,7 @@ from gateway.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger(__name__)
 
-LIVE = {"models", "backend", "callers", "max_queue_per_caller"}
+LIVE = {"models", "backend", "callers", "max_queue_per_caller", "fair_queueing"}
 
 Apply = Callable[[Settings], Awaitable[None]]
 

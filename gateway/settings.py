@@ -183,6 +183,8 @@ class Settings(BaseSettings):
     max_queue: int = Field(256, ge=1, le=100_000,
                            description="requests waiting for a batch, per model; beyond it the caller with the "
                                        "most waiting is refused (RESOURCE_EXHAUSTED/429), never a quieter one")
+    fair_queueing: bool = Field(True, description="a queue per caller, batches filled from them in turn; false: one "
+                                                   "first-come queue per model (for comparison)")
     max_queue_per_caller: int = Field(0, ge=0, le=100_000,
                                       description="requests one caller may have waiting per model; beyond it "
                                                   "that caller is refused; 0: no own limit (max_queue still "
