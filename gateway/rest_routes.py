@@ -17,8 +17,9 @@ gRPC client's cancellation does.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import FastAPI, Path as PathParam, Query, Request
+from fastapi import Depends, FastAPI, Path as PathParam, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 
@@ -43,6 +44,16 @@ _VERSION = Query(0, ge=0, le=INT64_MAX, description="a model version to use; 0 m
 _VERSION_LABEL = Query("", max_length=128, description="a version label of the gateway's settings "
                                                        "(stable, canary, ...); not together with version")
 _MODEL = PathParam(description="a model the gateway fronts (GET /v1/models)")
+
+
+class ClassifyQuery:
+    """The query of /v1/classify, /v1/models/{model}:classify and the batch routes."""
+
+    def __init__(self, top_k: int = _TOP_K, version: int = _VERSION, version_label: str = _VERSION_LABEL):
+        self.top_k, self.version, self.label = top_k, version, version_label
+
+
+QueryOf = Annotated[ClassifyQuery, Depends()]
 
 
 def add_routes(app: FastAPI, settings: Settings, service: ClassifierService, metrics: Metrics,
@@ -72,7 +83,7 @@ def add_routes(app: FastAPI, settings: Settings, service: ClassifierService, met
         return JSONResponse(converters.classification_to_json(result),
                             headers={"server-timing": server_timing(result.stages)})
 
-    async def classify_batch(request: Request, model: str, top_k: int, version: int, label: str) -> JSONResponse:
+    async def classify_batch(request: Request, model: str, query: ClassifyQuery) -> JSONResponse:
         """One answer per image, in order; a failed image answers with its own error, the others go on."""
         record: RequestRecord = request.state.record
         deadline = service.deadline(request_timeout(request.headers))
@@ -80,7 +91,8 @@ def add_routes(app: FastAPI, settings: Settings, service: ClassifierService, met
         body = await read_body(request, settings.max_body_bytes, deadline)
         images = await images_from_body(request, body, settings.max_body_bytes, settings.max_images_per_request)
         record.images = len(images)
-        inputs = [classify_input(record, record.model, image, top_k, version, label, id) for id, image in images]
+        inputs = [classify_input(record, record.model, image, query.top_k, query.version, query.label, id)
+                  for id, image in images]
         outcomes = await unless_client_leaves(request, service.classify_many(inputs, deadline))
         for outcome in outcomes:
             if not isinstance(outcome, GatewayError):
@@ -90,17 +102,15 @@ def add_routes(app: FastAPI, settings: Settings, service: ClassifierService, met
                                            for index, (item, outcome) in enumerate(zip(inputs, outcomes))]})
 
     @app.post("/v1/classify", operation_id="classify", summary="Classify an image with the default model", **single)
-    async def classify_default(request: Request, top_k: int = _TOP_K, version: int = _VERSION,
-                               version_label: str = _VERSION_LABEL) -> JSONResponse:
+    async def classify_default(request: Request, query: QueryOf) -> JSONResponse:
         """Body: multipart field `image`, or the raw image with an `image/*` content type."""
-        return await classify(request, "", top_k, version, version_label)
+        return await classify(request, "", query.top_k, query.version, query.label)
 
     @app.post("/v1/models/{model}:classify", operation_id="classifyWithModel",
               summary="Classify an image with the named model", **single)
-    async def classify_with_model(request: Request, model: str = _MODEL, top_k: int = _TOP_K,
-                                  version: int = _VERSION, version_label: str = _VERSION_LABEL) -> JSONResponse:
+    async def classify_with_model(request: Request, query: QueryOf, model: str = _MODEL) -> JSONResponse:
         """Body: multipart field `image`, or the raw image with an `image/*` content type."""
-        return await classify(request, model, top_k, version, version_label)
+        return await classify(request, model, query.top_k, query.version, query.label)
 
     @app.post("/v1/models/{model}/versions/{version}:classify", operation_id="classifyWithVersion",
               summary="Classify an image with one version of the named model", **single)
@@ -120,19 +130,17 @@ def add_routes(app: FastAPI, settings: Settings, service: ClassifierService, met
 
     @app.post("/v1/classify:batch", operation_id="classifyBatch",
               summary="Classify several images with the default model, one answer per image", **batch)
-    async def classify_batch_default(request: Request, top_k: int = _TOP_K, version: int = _VERSION,
-                                     version_label: str = _VERSION_LABEL) -> JSONResponse:
+    async def classify_batch_default(request: Request, query: QueryOf) -> JSONResponse:
         """Body: one multipart part named `image` per image. Each answer is the image's decision or its
         own error (`index`, `id`, `error`); the call fails as a whole only for what concerns all of it
         (authentication, the model, the size or image count limits, its deadline)."""
-        return await classify_batch(request, "", top_k, version, version_label)
+        return await classify_batch(request, "", query)
 
     @app.post("/v1/models/{model}:classifyBatch", operation_id="classifyBatchWithModel",
               summary="Classify several images with the named model, one answer per image", **batch)
-    async def classify_batch_with_model(request: Request, model: str = _MODEL, top_k: int = _TOP_K,
-                                        version: int = _VERSION, version_label: str = _VERSION_LABEL) -> JSONResponse:
+    async def classify_batch_with_model(request: Request, query: QueryOf, model: str = _MODEL) -> JSONResponse:
         """As classifyBatch, with the named model."""
-        return await classify_batch(request, model, top_k, version, version_label)
+        return await classify_batch(request, model, query)
 
     @app.get("/v1/fleet", operation_id="getFleet", response_model=FleetOut, tags=["models"],
              summary="The model servers behind the gateway and what each serves")
