@@ -19,6 +19,7 @@ a retry can cure and `www-authenticate` on 401.
 from __future__ import annotations
 
 import logging
+from typing import Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -68,9 +69,10 @@ class NoRoute(GatewayError):
         return body
 
 
-def error_response(err: GatewayError, request_id: str) -> JSONResponse:
-    """THE REST error answer: the error's status and body, and the headers that go with it."""
-    headers = {}
+def error_response(err: GatewayError, request_id: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """THE REST error answer: the error's status and body, and the headers that go with it
+    (plus `headers`, such as the `allow` of a 405)."""
+    headers = dict(headers or {})
     retry_after = err.retry_after_header()
     if retry_after is not None:
         headers["retry-after"] = retry_after
@@ -80,18 +82,17 @@ def error_response(err: GatewayError, request_id: str) -> JSONResponse:
 
 
 def framework_error(request: Request, status: int, detail: str) -> GatewayError:
-    """The GatewayError for an error Starlette or FastAPI raised itself (a form it cannot parse,
-    an unknown route, ...), by its HTTP status."""
+    """The GatewayError for an error Starlette or FastAPI raised itself, by its HTTP status: 400
+    and 413 as they are, 405 for a method a route lacks, else (no route, no file, an unreadable
+    file) a 404."""
     if status == 400:
         return InvalidArgument(detail)
-    if status == 401:
-        return Unauthenticated(detail)
     if status == 413:
         return TooLarge(detail)
     path = request.url.path[:_SHOWN_PATH_CHARS]
     if status == 405:
-        return NoRoute(status, f"{request.method} is not allowed on {path}")
-    return NoRoute(status, f"nothing at {request.method} {path} (the API is described at /docs)")
+        return NoRoute(405, f"{request.method} is not allowed on {path}")
+    return NoRoute(404, f"nothing at {request.method} {path} (the API is described at /docs)")
 
 
 def _record(request: Request) -> RequestRecord:
@@ -112,7 +113,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(framework_error(request, exc.status_code, str(exc.detail)), _record(request).request_id)
+        return error_response(framework_error(request, exc.status_code, str(exc.detail)), _record(request).request_id,
+                              exc.headers)
 
 
 class RequestMiddleware:
@@ -167,7 +169,6 @@ class RequestMiddleware:
             record.route = f"{scope['method']} {template}"
             record.status = str(status)
             finish_request(record, self.metrics)
-
 
     def _refusal(self, path: str, authorization: str | None) -> Unauthenticated | None:
         """Why the request may not be served (no valid API key), or None."""

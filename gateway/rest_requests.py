@@ -68,10 +68,12 @@ async def read_body(request: Request, limit: int, deadline: float) -> bytes:
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
-                    raise TooLarge(f"the request body is over the limit of {limit} bytes", metadata={"limit": str(limit)})
+                    raise TooLarge(f"the request body is over the limit of {limit} bytes",
+                                   metadata={"limit": str(limit)})
                 chunks.append(chunk)
     except TimeoutError:
-        raise DeadlineExceeded(f"the request body was not received before the deadline ({size} bytes arrived)") from None
+        message = f"the request body was not received before the deadline ({size} bytes arrived)"
+        raise DeadlineExceeded(message) from None
     except ClientDisconnect:
         raise ClientGone("the client closed the connection while sending the body") from None
     return b"".join(chunks)

@@ -158,7 +158,8 @@ def test_the_caller_is_in_the_log_line_and_the_metrics_and_probes_are_quiet(gate
     assert metric(gateway.http_url, "gateway_caller_queue_wait_seconds_count", caller="billing-svc") >= 1
 
     probes = metric(gateway.http_url, "gateway_requests_total", route="GET /readyz")
-    assert httpx.get(f"{gateway.http_url}/readyz", headers={"x-request-id": "quiet-probe-1"}, timeout=10).status_code == 200
+    probe = httpx.get(f"{gateway.http_url}/readyz", headers={"x-request-id": "quiet-probe-1"}, timeout=10)
+    assert probe.status_code == 200
     httpx.get(f"{gateway.http_url}/v1/models", headers={"x-request-id": "next-request-1"}, timeout=10)
     output = wait_until(lambda: "next-request-1" in gateway.process.output(400) and gateway.process.output(400),
                         10, "the next request's log line")
@@ -203,8 +204,8 @@ def test_overload_is_a_429_with_retry_after(model_server, spec):
 
     async def wave() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=gw.http_url, timeout=30) as client:
-            return await asyncio.gather(*(client.post("/v1/classify", content=big, headers={"content-type": "image/png"})
-                                          for _ in range(8)))
+            return await asyncio.gather(*(
+                client.post("/v1/classify", content=big, headers={"content-type": "image/png"}) for _ in range(8)))
 
     try:
         refused = wait_until(lambda: [r for r in asyncio.run(wave()) if r.status_code == 429], 60, "a 429")
@@ -222,7 +223,8 @@ def test_an_unexpected_exception_is_one_log_line_and_a_500_with_the_request_id(c
         raise RuntimeError("boom at 0xdeadbeef")
 
     async def call() -> httpx.Response:
-        transport = httpx.ASGITransport(app=RequestMiddleware(broken, Metrics(), ApiKeyAuth(())))  # re-raises what escapes
+        # ASGITransport re-raises what escapes the app: the middleware must let nothing escape.
+        transport = httpx.ASGITransport(app=RequestMiddleware(broken, Metrics(), ApiKeyAuth(())))
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
             return await client.get("/v1/models", headers={"x-request-id": "boom-1"})
 
