@@ -6,9 +6,14 @@ report. Directly, from the repository root, against a running gateway:
     .venv/bin/python -m locust -f loadtest/locustfile.py --headless -t 60s -u 16 -r 8 \\
         --host http://127.0.0.1:8080 --grpc-target 127.0.0.1:50051 --slo-p95-ms 200
 
-Users (closed loop, no think time: users = requests in flight):
-* `GrpcClassifierUser` (weight 3): Classify, ClassifyBatch and ClassifyStream, 6:1:1.
-* `RestClassifierUser` (weight 1): `POST /v1/classify` as multipart and as a raw image body, 3:1.
+Users (closed loop, no think time: users = requests in flight), as `--callers` picks them:
+* `mix` (the default):
+  * `GrpcClassifierUser` (weight 3): Classify, ClassifyBatch and ClassifyStream, 6:1:1.
+  * `RestClassifierUser` (weight 1): `POST /v1/classify` as multipart and as a raw image body, 3:1.
+* `quiet-flood`, two callers to the gateway's fair queueing (the `x-client-id` metadata):
+  * `QuietCallerUser` (always exactly 1, started first): Classify, one image at a time, as `quiet`;
+  * `FloodCallerUser` (every other user): Classify as `flood`.
+  Their calls are reported as `Classify (quiet)` and `Classify (flood)` (and `ListModels (...)`).
 Each first asks for the models and their labels (ListModels / `GET /v1/models`) and then checks
 every answer against them (loadtest/checks.py). Images come from loadtest/images.py.
 
@@ -36,13 +41,15 @@ from locust import FastHttpUser, LoadTestShape, constant, events, task  # noqa: 
 from locust.runners import MasterRunner, WorkerRunner  # noqa: E402
 from locust.stats import StatsEntry  # noqa: E402
 
+import grpc  # noqa: E402
+
 import gateway.generated  # noqa: E402,F401  (puts the classifier.v1 stubs on sys.path)
 from classifier.v1 import classifier_pb2 as pb  # noqa: E402
 from classifier.v1 import classifier_pb2_grpc as pb_grpc  # noqa: E402
 from loadtest import options as load_options  # noqa: E402
 from loadtest import shapes, slo, summary  # noqa: E402
 from loadtest.checks import Answer, Catalogue, InvalidAnswer, check_answer, check_count  # noqa: E402
-from loadtest.grpc_user import GrpcUser  # noqa: E402
+from loadtest.grpc_user import GrpcUser, LocustReporter  # noqa: E402
 from loadtest.images import ImagePool, PoolImage  # noqa: E402
 
 log = logging.getLogger("loadtest")
@@ -65,6 +72,7 @@ def image_pool(large_share: float) -> ImagePool:
 
 @events.init.add_listener
 def _prepare(environment, **_kwargs):
+    _pick_users(environment)
     if isinstance(environment.runner, MasterRunner):
         return  # the master runs no users
     pool = image_pool(environment.parsed_options.large_share)
@@ -101,12 +109,15 @@ class Workload:
         return Catalogue.from_models(models, self.uncertain_label, self.model)
 
 
-class GrpcClassifierUser(GrpcUser):
-    weight = 3
+class _GrpcClassifier(GrpcUser):
+    """A gRPC user of the classifier: its channel, answer checks and calls; subclasses pick tasks."""
+
+    abstract = True
     wait_time = constant(0)
     stub_class = pb_grpc.ClassifierStub
     channel_options = (("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES))
+    metadata: tuple[tuple[str, str], ...] = ()  # sent with every call
 
     def __init__(self, environment):
         self.work = Workload.of(environment)
@@ -132,14 +143,22 @@ class GrpcClassifierUser(GrpcUser):
     def _labels_known(self) -> bool:
         if self.known is None:
             with self.reported():
-                self.stub.ListModels(pb.ListModelsRequest(), timeout=self.work.timeout)
+                self.stub.ListModels(pb.ListModelsRequest(), timeout=self.work.timeout, metadata=self.metadata)
         return self.known is not None
+
+    def _classify(self) -> None:
+        if self._labels_known():
+            with self.reported():
+                self.stub.Classify(self.work.request(self.work.image()), timeout=self.work.timeout,
+                                   metadata=self.metadata)
+
+
+class GrpcClassifierUser(_GrpcClassifier):
+    weight = 3
 
     @task(6)
     def classify(self) -> None:
-        if self._labels_known():
-            with self.reported():
-                self.stub.Classify(self.work.request(self.work.image()), timeout=self.work.timeout)
+        self._classify()
 
     @task(1)
     def classify_batch(self) -> None:
@@ -155,6 +174,48 @@ class GrpcClassifierUser(GrpcUser):
             with self.reported():
                 for _ in self.stub.ClassifyStream(iter(requests), timeout=self.work.timeout):
                     pass  # the interceptor has read and checked the whole stream
+
+
+class _CallerNamed:
+    """Locust's request event, each request named after its caller: 'Classify' -> 'Classify (quiet)'."""
+
+    def __init__(self, event, caller: str):
+        self._event, self._caller = event, caller
+
+    def fire(self, *, name: str, **kwargs) -> None:
+        self._event.fire(name=load_options.caller_request(name, self._caller), **kwargs)
+
+
+class _Caller(_GrpcClassifier):
+    """Classify as one named caller (`x-client-id`), reported under request names of its own."""
+
+    abstract = True
+    caller = ""
+
+    def __init__(self, environment):
+        self.metadata = (("x-client-id", self.caller),)
+        super().__init__(environment)
+        # GrpcUser reports under the RPC's name; this caller's calls need their own, so the channel
+        # is made again with the reporter firing through _CallerNamed (the first was never used).
+        self._channel.close()
+        reporter = LocustReporter(_CallerNamed(environment.events.request, self.caller), self.check_answer)
+        self._channel = grpc.intercept_channel(
+            grpc.insecure_channel(self.grpc_target(), options=list(self.channel_options)), reporter)
+        self.stub = self.stub_class(self._channel)
+
+    @task
+    def classify(self) -> None:
+        self._classify()
+
+
+class QuietCallerUser(_Caller):
+    fixed_count = 1  # exactly one, whatever --users says; Locust starts it before the flood
+    caller = load_options.QUIET
+
+
+class FloodCallerUser(_Caller):
+    weight = 1  # every user but the quiet one
+    caller = load_options.FLOOD
 
 
 class RestClassifierUser(FastHttpUser):
@@ -215,6 +276,22 @@ def _http_failure(resp) -> str:
         return f"HTTP {resp.status_code} {error.get('code')}: {error.get('message')}"
     except (ValueError, KeyError, TypeError):
         return f"HTTP {resp.status_code}: {(resp.text or '')[:200]}"
+
+
+USER_MIXES = {"mix": (GrpcClassifierUser, RestClassifierUser),
+              load_options.QUIET_FLOOD: (QuietCallerUser, FloodCallerUser)}
+
+
+def _pick_users(environment) -> None:
+    """Keep the user classes of --callers (in place: Locust's runner reads the same list).
+    Raises ValueError (fatal in an init listener) when the command line named only others."""
+    wanted = USER_MIXES[environment.parsed_options.callers]
+    picked = [cls for cls in environment.user_classes if cls in wanted]
+    if not picked:
+        raise ValueError(f"--callers {environment.parsed_options.callers} runs "
+                         f"{', '.join(cls.__name__ for cls in wanted)}; the command line named only "
+                         f"{', '.join(cls.__name__ for cls in environment.user_classes)}")
+    environment.user_classes[:] = picked
 
 
 class ConfiguredShape(LoadTestShape):

@@ -16,6 +16,12 @@ from typing import Any, Callable, Mapping, Sequence
 from loadtest import slo
 
 SHAPE_NAMES = ("steady", "step", "spike")
+# Who calls (--callers). mix: gRPC and REST users, every one the same caller to the gateway (its
+# address). quiet-flood: one user calling Classify one image at a time as caller QUIET, every other
+# user calling Classify as caller FLOOD (the x-client-id metadata the gateway's fair queueing goes by).
+QUIET_FLOOD = "quiet-flood"
+CALLER_MIXES = ("mix", QUIET_FLOOD)
+QUIET, FLOOD = "quiet", "flood"
 DEFAULT_GATEWAY_GRPC_PORT = 50051  # the gateway's default grpc_port (README.md, "Configuration")
 
 
@@ -85,6 +91,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("shape", str, "steady", "load shape: steady (SLO runs), step (find the knee), spike",
            choices=SHAPE_NAMES),
     Option("steps", _positive_int, 5, "number of stages of the step shape", metavar="N"),
+    Option("callers", str, "mix",
+           f"who calls: mix (gRPC and REST users, one caller to the gateway) or quiet-flood (1 user "
+           f"calling Classify one image at a time as x-client-id {QUIET}, the others flooding Classify as "
+           f"{FLOOD}; reported as 'Classify ({QUIET})' and 'Classify ({FLOOD})')", choices=CALLER_MIXES),
     Option("slo_p95_ms", _non_negative, 500.0, "SLO: p95 latency limit, ms", metavar="MS"),
     Option("slo_p99_ms", _non_negative, 1000.0, "SLO: p99 latency limit, ms", metavar="MS"),
     Option("slo_error_percent", _non_negative, 1.0, "SLO: most failed requests, percent",
@@ -100,6 +110,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("verdict_file", str, "", "write the SLO verdict and final figures as JSON to this file",
            metavar="PATH"),
 )
+
+
+def caller_request(rpc: str, caller: str) -> str:
+    """The request name of a caller's calls in the statistics: 'Classify (quiet)'. An SLO route
+    'Classify' covers every caller's; 'Classify (quiet)' one caller's (loadtest/slo.py Selector)."""
+    return f"{rpc} ({caller})"
 
 
 def add_options(parser: Any, *, env: bool = False, skip: Sequence[str] = ()) -> None:
