@@ -8,9 +8,10 @@ while the load is on) and after it, in a background thread of `loadtest.run`. Ea
 * `summarize`: what the run cost inside the gateway, from the counters' growth between the first
   and the last snapshot: mean time per image in each stage (decode, queue_wait, predict, decide),
   mean batch size, queue depth and requests in flight (mean and max over the scrapes), backend
-  calls by code and retries, the gateway's CPU, its own time per transport and route. This is
-  what `verdict.json` keeps under `gateway`, and what a baseline comparison attributes a change
-  to (loadtest/baseline.py);
+  calls by code and retries, the gateway's CPU, its own time per transport and route, and per
+  caller (the name fair queueing goes by: API key name, x-client-id or address) images queued,
+  mean queue wait, queue depth and images refused. This is what `verdict.json` keeps under
+  `gateway`, and what a baseline comparison attributes a change to (loadtest/baseline.py);
 * `window`: the stage means between two moments (one load stage of the step shape);
 * `write_history`: every snapshot as a row of `gateway_metrics.csv`.
 
@@ -43,6 +44,9 @@ INFLIGHT = "gateway_inflight_requests"
 BACKEND_REQUESTS = "gateway_backend_requests_total"
 BACKEND_RETRIES = "gateway_backend_retries_total"
 PROCESS_CPU = "process_cpu_seconds_total"
+CALLER_QUEUE_WAIT = "gateway_caller_queue_wait_seconds"
+CALLER_QUEUE_DEPTH = "gateway_caller_queue_depth"
+CALLER_REJECTIONS = "gateway_caller_rejections_total"
 PREDICT = "Predict"
 TIMEOUT_S = 5.0
 
@@ -87,6 +91,12 @@ def parse(text: str, at: float) -> Snapshot:
                 add("backend_retries", s.value)
             elif name == PROCESS_CPU:
                 add("cpu_seconds", s.value)
+            elif name in (f"{CALLER_QUEUE_WAIT}_sum", f"{CALLER_QUEUE_WAIT}_count"):
+                add(f"caller:{labels.get('caller', '?')}:queue_wait:{name.rsplit('_', 1)[1]}", s.value)
+            elif name == CALLER_QUEUE_DEPTH:
+                add(f"caller:{labels.get('caller', '?')}:queue_depth", s.value)
+            elif name == CALLER_REJECTIONS:
+                add(f"caller:{labels.get('caller', '?')}:rejections", s.value)
     if not any(key.startswith("stage:") or key.startswith("batch:") for key in values) and "inflight" not in values:
         raise ScrapeError("no gateway metrics in the answer (is this the gateway's /metrics?)")
     return Snapshot(at, values)
@@ -171,7 +181,7 @@ def stage_means(before: Snapshot, after: Snapshot) -> dict[str, float]:
 def _counter_reset(before: Snapshot, after: Snapshot) -> str | None:
     for key, value in before.values.items():
         if key.endswith(":count") and after.get(key) < value:
-            return (f"{key.split(':')[1] if ':' in key else key} went from {value:g} to {after.get(key):g}: "
+            return (f"{key.rsplit(':', 1)[0]} count went from {value:g} to {after.get(key):g}: "
                     "the gateway restarted, or the reads reached different replicas")
     return None
 
@@ -180,6 +190,24 @@ def _gauge(during: Sequence[Snapshot], key: str) -> dict[str, float] | None:
     if not during:
         return None
     return {"mean": sum(s.get(key) for s in during) / len(during), "max": max(s.get(key) for s in during)}
+
+
+CALLER_FIELDS = (":queue_wait:count", ":queue_wait:sum", ":queue_depth", ":rejections")
+
+
+def callers(before: Snapshot, after: Snapshot, during: Sequence[Snapshot]) -> dict[str, dict]:
+    """Per caller label (callers with images queued or refused between the snapshots): images that
+    waited for a batch, their mean wait in ms, the queue depth while under load, images refused."""
+    names = {key[len("caller:"):-len(suffix)] for key in after.values if key.startswith("caller:")
+             for suffix in CALLER_FIELDS if key.endswith(suffix)}
+    out = {}
+    for name in sorted(names):
+        mean, images = _mean_ms(before, after, f"caller:{name}:queue_wait")
+        refused = after.get(f"caller:{name}:rejections") - before.get(f"caller:{name}:rejections")
+        if images > 0 or refused > 0:
+            out[name] = {"images": images, "queue_wait_ms": mean, "refused": refused,
+                         "queue_depth": _gauge(during, f"caller:{name}:queue_depth")}
+    return out
 
 
 def summarize(snapshots: Sequence[Snapshot], url: str = "", requests: int | None = None) -> dict:
@@ -217,6 +245,7 @@ def summarize(snapshots: Sequence[Snapshot], url: str = "", requests: int | None
         "cpu_seconds": cpu,
         "cpu_ms_per_request": 1000.0 * cpu / requests if requests else None,
         "routes": routes,
+        "callers": callers(before, after, during),
     }
 
 
