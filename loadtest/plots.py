@@ -1,8 +1,9 @@
 """The load-test report's pictures, embedded in summary.md (Locust's report.html keeps its own).
 
-* `timeline.png`: over the run, throughput with the user count; p50/p95/p99 latency; failures per
-  second; and, when the gateway's metrics were read during the run, its mean time per image in
-  each stage with the mean batch size.
+* `timeline.png`: over the run, throughput with the user count; p50/p95/p99 latency; with
+  request names to compare (a quiet-flood run: `Classify (quiet)` and `Classify (flood)`), their
+  p50 and p95 side by side; failures per second; and, when the gateway's metrics were read during
+  the run, its mean time per image in each stage with the mean batch size.
 * `stages.png` (runs with at least two load stages, i.e. the step shape): throughput per stage
   with the knee marked and p95 beside it; and the gateway's stage times per load stage.
 
@@ -63,8 +64,20 @@ def _interval_stages(snapshots: Sequence[scrape.Snapshot], t0: float) -> tuple[l
     return times, stages, batches
 
 
-def timeline(history: Sequence[Mapping[str, str]], snapshots: Sequence[scrape.Snapshot], path: Path) -> None:
-    """Draw timeline.png. Raises ValueError when the history has no data, and whatever matplotlib raises."""
+def _compared(history: Sequence[Mapping[str, str]], names: Sequence[str], t0: float) -> dict[str, list[tuple]]:
+    """Per request name: (seconds since t0, p50, p95) of each history row with answers in its window."""
+    out: dict[str, list[tuple]] = {}
+    for name in names:
+        rows = [r for r in history if r.get("Name") == name and (_float(r.get("50%")) or 0) > 0]
+        if rows:
+            out[name] = [(float(r["Timestamp"]) - t0, _float(r["50%"]), _float(r["95%"])) for r in rows]
+    return out
+
+
+def timeline(history: Sequence[Mapping[str, str]], snapshots: Sequence[scrape.Snapshot], path: Path,
+             compare: Sequence[str] = ()) -> None:
+    """Draw timeline.png; `compare`: request names whose latency gets a panel side by side. Raises
+    ValueError when the history has no data, and whatever matplotlib raises."""
     rows = [r for r in history if r.get("Name") == AGGREGATED and r.get("User Count") not in (None, "0")
             and (_float(r.get("Total Request Count")) or 0) > 0]
     if len(rows) < 2:
@@ -73,7 +86,8 @@ def timeline(history: Sequence[Mapping[str, str]], snapshots: Sequence[scrape.Sn
     t = [float(r["Timestamp"]) - t0 for r in rows]
     plt = _pyplot()
     intervals = _interval_stages(snapshots, t0)
-    panels = 4 if intervals[0] else 3
+    compared = _compared(history, compare, t0)
+    panels = 3 + bool(compared) + bool(intervals[0])
     fig, axes = plt.subplots(panels, 1, figsize=(10, 2.4 * panels), sharex=True)
     ax = axes[0]
     ax.plot(t, [_float(r["Requests/s"]) or 0.0 for r in rows], color="C0", label="requests/s")
@@ -91,14 +105,24 @@ def timeline(history: Sequence[Mapping[str, str]], snapshots: Sequence[scrape.Sn
     ax.set_ylim(bottom=0)
     ax.set_title("latency over the last 10 s (Locust's window)")
     ax.legend(loc="upper left", fontsize=8)
-    ax = axes[2]
+    if compared:
+        ax = axes[2]
+        for i, (name, points) in enumerate(compared.items()):
+            times = [p[0] for p in points]
+            ax.plot(times, [p[1] for p in points], color=f"C{i}", label=f"{name} p50")
+            ax.plot(times, [p[2] for p in points], color=f"C{i}", linestyle="--", label=f"{name} p95")
+        ax.set_ylabel("ms")
+        ax.set_ylim(bottom=0)
+        ax.set_title("side by side: p50 (solid) and p95 (dashed) over the last 10 s")
+        ax.legend(loc="upper left", fontsize=8, ncol=2)
+    ax = axes[2 + bool(compared)]
     failures = [_float(r["Failures/s"]) or 0.0 for r in rows]
     ax.fill_between(t, failures, step="post", color="C3", alpha=0.6)
     ax.set_ylabel("failures / s")
     ax.set_ylim(bottom=0, top=max(1.0, max(failures) * 1.2))
     ax.set_title(f"failed requests: {int(float(rows[-1].get('Total Failure Count') or 0)):,} in all")
-    if panels == 4:
-        ax = axes[3]
+    if intervals[0]:
+        ax = axes[-1]
         times, stages, batches = intervals
         ax.stackplot(times, *[stages[s] for s in scrape.STAGES], labels=scrape.STAGES,
                      colors=[STAGE_COLOURS[s] for s in scrape.STAGES], alpha=0.8)
@@ -168,9 +192,10 @@ def stages_chart(found: Sequence[Stage], knee: Stage | None, snapshots: Sequence
 
 
 def render(folder: Path, history: Sequence[Mapping[str, str]], snapshots: Sequence[scrape.Snapshot],
-           found: Sequence[Stage], knee: Stage | None) -> dict[str, str | None]:
-    """Draw every plot that applies into `folder`: file name -> None when drawn, else why not."""
-    jobs = {TIMELINE: lambda path: timeline(history, snapshots, path)}
+           found: Sequence[Stage], knee: Stage | None, compare: Sequence[str] = ()) -> dict[str, str | None]:
+    """Draw every plot that applies into `folder`: file name -> None when drawn, else why not.
+    `compare`: request names drawn side by side in the timeline."""
+    jobs = {TIMELINE: lambda path: timeline(history, snapshots, path, compare)}
     if len(found) >= 2:
         jobs[STAGES] = lambda path: stages_chart(found, knee, snapshots, path)
     done: dict[str, str | None] = {}

@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -31,7 +32,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -47,7 +48,11 @@ REPORTS = ROOT / "reports" / "loadtest"
 CSV_PREFIX = "locust"
 STOP_GRACE_S = 60.0  # beyond --duration: spawning, draining in-flight requests, writing reports
 CLASSIFIER_SERVICE = "classifier.v1.Classifier"
+GATEWAY_ENV_PREFIX = "GATEWAY_"  # the gateway's settings from the environment (README.md, "Settings")
 EXIT_BROKEN = 2  # the run itself failed (target not ready, Locust hung); 1 is "an SLO limit was missed"
+
+
+CALLER_REQUESTS = tuple(options.caller_request("Classify", c) for c in (options.QUIET, options.FLOOD))
 
 
 class TargetError(RuntimeError):
@@ -105,6 +110,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--processes must be >= 1, or -1 for one per core")
     if args.scrape_interval < 0:
         parser.error("--scrape-interval must be >= 0")
+    if args.callers == options.QUIET_FLOOD and args.users < 2:
+        parser.error("--callers quiet-flood needs --users >= 2: one quiet caller, the rest the flood")
     try:  # before anything starts: a mistyped rule, tolerance or baseline must not cost a whole run
         options.slo_rules(args)
         args.tolerance = compare.tolerance_of(args)
@@ -196,9 +203,18 @@ def run_locust(argv: list[str], report_dir: Path, bound_s: float) -> int:
         proc.stop(grace=15)  # no-op when it has exited; on Ctrl-C it stops the child too
 
 
+def gateway_environment(environ: Mapping[str, str]) -> str:
+    """The GATEWAY_* variables, e.g. `GATEWAY_FAIR_QUEUEING=false`; API keys named, not shown."""
+    shown = [f"{k}={'(not shown)' if 'KEY' in k else v}" for k, v in sorted(environ.items())
+             if k.startswith(GATEWAY_ENV_PREFIX)]
+    return " ".join(shown) or "none"
+
+
 def settings_of(args: argparse.Namespace) -> dict[str, object]:
     shown = {"users": args.users, "spawn rate /s": args.spawn_rate, "duration s": args.duration,
              "Locust processes": args.processes}
+    if not args.host:  # the stack started here took its gateway settings from this environment
+        shown["gateway environment"] = gateway_environment(os.environ)
     for opt in options.OPTIONS:
         if opt.dest not in ("grpc_target", "verdict_file"):
             value = getattr(args, opt.dest)
@@ -283,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         verdict_path.write_text(json.dumps(verdict, indent=2) + "\n", encoding="utf-8")
     history = summary.read_csv(report_dir / f"{CSV_PREFIX}_stats_history.csv")
     found = summary.stages(history)
-    drawn = plots.render(report_dir, history, snapshots, found, summary.knee(found))
+    drawn = plots.render(report_dir, history, snapshots, found, summary.knee(found),
+                         compare=CALLER_REQUESTS if args.callers == options.QUIET_FLOOD else ())
     for name, why in drawn.items():
         if why:
             print(f"warning: plot {name} unavailable: {why}", file=sys.stderr)
@@ -292,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         title=f"Load test {started}: {'PASS' if code == 0 else 'FAIL'}", verdict=verdict, exit_code=code,
         target=target.description, batch_images=args.batch_images, settings=settings_of(args),
         machine=host_machine, csv_prefix=report_dir / CSV_PREFIX, files=files, plots=drawn,
-        baseline=comparison.markdown() if comparison else (), gateway=gateway,
+        baseline=comparison.markdown() if comparison else (), gateway=gateway, callers=args.callers,
         stage_windows=[scrape.window(snapshots, s.start, s.end) for s in found])
     (report_dir / "summary.md").write_text(text, encoding="utf-8")
     print(f"\nreport: {report_dir}/summary.md (HTML: {report_dir}/report.html)", file=sys.stderr)

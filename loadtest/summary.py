@@ -5,8 +5,13 @@ listener and Locust's CSV files (`<prefix>_stats.csv`, `_stats_history.csv`, `_f
 it describes exactly the run the HTML report shows; plus what loadtest/run.py hands it: the plots
 drawn beside it (loadtest/plots.py), the comparison with a baseline run (loadtest/baseline.py) and
 the gateway's own metrics (loadtest/scrape.py). Sections, in the order a reader asks: verdict
-(aggregate and per route/transport), against the baseline, over time, requests, inside the
-gateway, by stage, failures, settings, machine, files.
+(aggregate and per route/transport), against the baseline, over time, requests, callers, inside
+the gateway, by stage, failures, settings, machine, files.
+
+The "callers" section (when the gateway's metrics were read, or the run was `--callers
+quiet-flood`) has one row per caller the gateway saw: images queued, mean queue wait, queue depth,
+images refused; and, for a quiet-flood run, the client's p50/p95 of each caller's Classify calls,
+whether the quiet caller was refused, and how its latency compares with the flood's.
 
 The "by stage" table turns the stats history into one row per stretch of constant user count:
 throughput from the growth of the request counter over the stretch, p95 from Locust's 10-second
@@ -20,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from loadtest import options
 from loadtest.machine import Machine
 
 AGGREGATED = "Aggregated"
@@ -245,6 +251,61 @@ def gateway_lines(gateway: Mapping | None) -> list[str]:
     return lines
 
 
+def _row(requests: Sequence[Mapping], name: str) -> Mapping | None:
+    return next((r for r in requests if r["name"] == name and r["requests"]), None)
+
+
+def _ratio(a: str | float, b: str | float) -> str:
+    try:
+        return f"{float(a) / float(b):,.2f}×"
+    except (ValueError, ZeroDivisionError):
+        return "–"
+
+
+def quiet_flood_lines(requests: Sequence[Mapping], seen: Mapping[str, Mapping]) -> list[str]:
+    """The verdict of a quiet-flood run in words: refused or not, latency against the flood's."""
+    quiet_name = options.caller_request("Classify", options.QUIET)
+    quiet, flood = _row(requests, quiet_name), _row(requests, options.caller_request("Classify", options.FLOOD))
+    if quiet is None or flood is None:
+        return [f"No answers from {'the quiet caller' if quiet is None else 'the flood'} to compare."]
+    gateway = seen.get(options.QUIET)
+    refused = gateway["refused"] if gateway else 0
+    if quiet["failures"] == 0 and not refused:
+        said = (f"**The quiet caller was never refused**: all {quiet['requests']:,} of its Classify calls were "
+                "answered" + ("; the gateway refused none of its images." if gateway else "."))
+    else:
+        said = (f"**The quiet caller was refused or failed**: {quiet['failures']:,} of its {quiet['requests']:,} "
+                "Classify calls failed (their errors are under Failures)"
+                + (f"; the gateway refused {refused:,.0f} of its images as overload." if refused else "."))
+    lines = [said, "",
+             f"Quiet caller p50 {_ms(quiet['p50_ms'])} ms, p95 {_ms(quiet['p95_ms'])} ms; flood p50 "
+             f"{_ms(flood['p50_ms'])} ms, p95 {_ms(flood['p95_ms'])} ms: the quiet caller's p50 is "
+             f"{_ratio(quiet['p50_ms'], flood['p50_ms'])} the flood's, its p95 {_ratio(quiet['p95_ms'], flood['p95_ms'])}."]
+    if seen and gateway is None:
+        lines += ["", f"The gateway reported no caller `{options.QUIET}`: with API keys it names callers by "
+                  "key, and beyond its first 20 callers it labels the rest `other`."]
+    return lines
+
+
+def callers_lines(gateway: Mapping | None, requests: Sequence[Mapping], mix: str) -> list[str]:
+    """Per caller, from the gateway's metrics; for a quiet-flood run, the client's view beside it."""
+    seen = (gateway or {}).get("callers") or {}
+    lines: list[str] = []
+    if seen:
+        lines += ["| caller (gateway's label) | images queued | mean queue wait ms | queue depth mean / max | "
+                  "images refused |", "|---|---:|---:|---:|---:|"]
+        for name, c in seen.items():
+            depth = c.get("queue_depth")
+            lines.append(f"| {name} | {c['images']:,.0f} | {_num(c['queue_wait_ms'], '{:,.2f}')} | "
+                         + (f"{depth['mean']:,.1f} / {depth['max']:,.0f}" if depth else "–")
+                         + f" | {c['refused']:,.0f} |")
+    elif mix == options.QUIET_FLOOD:
+        lines.append("The gateway's callers were not read (see Inside the gateway); the client's view:")
+    if mix == options.QUIET_FLOOD:
+        lines += [""] * bool(lines) + quiet_flood_lines(requests, seen)
+    return lines
+
+
 def plot_lines(name: str, alt: str, plots: Mapping[str, str | None]) -> list[str]:
     if name not in plots:
         return []
@@ -256,10 +317,11 @@ def plot_lines(name: str, alt: str, plots: Mapping[str, str | None]) -> list[str
 def render(*, title: str, verdict: Mapping | None, exit_code: int | None, target: str, batch_images: int,
            settings: Mapping[str, object], machine: Machine, csv_prefix: Path, files: Sequence[str],
            plots: Mapping[str, str | None] | None = None, baseline: Sequence[str] = (),
-           gateway: Mapping | None = None,
+           gateway: Mapping | None = None, callers: str = "mix",
            stage_windows: Sequence[Mapping[str, float]] = ()) -> str:
     """The page. `plots`: file name -> None (drawn) or why not (loadtest/plots.py `render`);
-    `baseline`: the comparison's Markdown lines (loadtest/baseline.py), empty without one."""
+    `baseline`: the comparison's Markdown lines (loadtest/baseline.py), empty without one;
+    `callers`: the run's --callers."""
     plots = plots or {}
     requests = (verdict or {}).get("requests") or requests_from_csv(
         read_csv(csv_prefix.with_name(csv_prefix.name + "_stats.csv")))
@@ -280,6 +342,11 @@ def render(*, title: str, verdict: Mapping | None, exit_code: int | None, target
         "## Requests", "", *requests_table(shown), "",
         f"Images classified: ≈ {images_per_second(requests, batch_images):,.1f} per second "
         f"({' and '.join(MULTI_IMAGE_RPCS)} carry {batch_images} images per request).", "",
+    ]
+    who = callers_lines(gateway, requests, callers)
+    if who:
+        parts += ["## Callers", "", *who, ""]
+    parts += [
         "## Inside the gateway", "", *gateway_lines(gateway), "",
         "## By stage", "", *stages_table(stages(history), stage_windows), "",
         *plot_lines("stages.png", "throughput and gateway stage times per load stage, knee marked", plots),
