@@ -9,7 +9,9 @@ gateway decodes its PNG to the same pixels. This module adds what belongs to the
 * `decode_image` raises the gateway's InvalidImage (400 / INVALID_ARGUMENT) for every failure of
   the input, whichever Pillow plugin raised what (NotImplementedError from a DDS variant
   included), with a plain message;
-* `install_pillow_guards`: Pillow's own bomb check agrees with ours and its warning is an error;
+* `install_pillow_guards` (once, at start-up): Pillow's own bomb check agrees with ours and its
+  warning is an error; glibc's malloc arenas are capped (`limit_malloc_arenas`), so memory that
+  large decodes used in several threads can go back to the system;
 * `Decoder` runs decodes in a small thread pool behind a bound, off the event loop (a full pool
   answers "overloaded" at once instead of queueing without limit), and hands the memory of large
   decodes back to the operating system after a burst (`release_memory`), so resident memory
@@ -23,6 +25,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import logging
+import os
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -34,23 +37,44 @@ from PIL import Image, ImageColor
 
 from gateway.errors import InvalidImage, Overloaded
 
-__all__ = ["DecodeLimits", "Decoder", "InputSpec", "decode_image", "install_pillow_guards", "parse_colour",
-           "release_memory", "sniff_format"]
+__all__ = ["DecodeLimits", "Decoder", "InputSpec", "decode_image", "install_pillow_guards", "limit_malloc_arenas",
+           "parse_colour", "release_memory", "sniff_format"]
 
 log = logging.getLogger(__name__)
 
-# A decode of a source image at least this large (width x height as stored; draft mode may
-# decode less) counts as large: when the last large decode in flight ends, memory is released.
-LARGE_DECODE_PIXELS = 2_000_000
+MALLOC_ARENAS = 2  # see limit_malloc_arenas
+_M_ARENA_MAX = -8  # glibc's malloc.h
+
+# Once this many source pixels (width x height as stored; draft mode may decode less) were
+# decoded since memory was last released, it is released again RELEASE_DELAY_SECONDS later, in
+# a decode thread: after the requests of a burst have ended, so their bodies are freed too. A
+# release costs a few milliseconds after a burst of photos, microseconds when there is little.
+RELEASE_AFTER_PIXELS = 1_000_000
+RELEASE_DELAY_SECONDS = 0.5
 
 
 def install_pillow_guards(max_pixels: int) -> None:
-    """Make Pillow's own bomb check agree with ours and turn its warning into an error.
+    """The decoder's process-wide settings: Pillow's own bomb check agrees with ours and its
+    warning is an error; glibc's malloc keeps at most `MALLOC_ARENAS` arenas (`limit_malloc_arenas`).
 
     Called once at start-up (process-wide state belongs to the process's owner, not to a decode).
     """
     Image.MAX_IMAGE_PIXELS = max_pixels
     warnings.simplefilter("error", Image.DecompressionBombWarning)
+    limit_malloc_arenas()
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas (mallopt M_ARENA_MAX), unless MALLOC_ARENA_MAX is set in the
+    environment; False where the C library has no mallopt or refused.
+
+    glibc gives threads arenas of their own (up to 8 per core); after large decodes in several
+    threads each stays big, and malloc_trim does not shrink them far: the gateway stayed at twice
+    its idle memory after bursts of Pillow's test images, and came back to idle with 2 arenas.
+    """
+    if "MALLOC_ARENA_MAX" in os.environ or _LIBC is None or not hasattr(_LIBC, "mallopt"):
+        return False
+    return _LIBC.mallopt(_M_ARENA_MAX, arenas) == 1
 
 
 def decode_image(data: bytes, spec: InputSpec, limits: DecodeLimits,
@@ -73,18 +97,17 @@ def parse_colour(name: str) -> Colour:
     return ImageColor.getrgb(name)[:3]
 
 
-def _malloc_trim():
-    """glibc's malloc_trim, or None (another C library): returns free heap memory to the system."""
+def _libc():
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
         return None
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return trim
 
 
-_TRIM = _malloc_trim()
+_LIBC = _libc()
+_TRIM = getattr(_LIBC, "malloc_trim", None)  # glibc: returns free heap memory to the system
+if _TRIM is not None:
+    _TRIM.argtypes, _TRIM.restype = [ctypes.c_size_t], ctypes.c_int
 
 
 def release_memory() -> bool:
@@ -104,10 +127,10 @@ class Decoder:
 
     At most `max_pending` images are decoding or waiting for a thread; one more is refused with
     Overloaded at once. A slot is freed when the decode really finishes (not when an impatient
-    caller stops waiting), so the bound holds for the threads' actual work. When the last large
-    decode in flight (source of `LARGE_DECODE_PIXELS` or more) ends, its thread releases the
-    allocator's free memory (`release_memory`, a few milliseconds), so a burst of photos does
-    not leave resident memory at its peak.
+    caller stops waiting), so the bound holds for the threads' actual work. Once
+    `RELEASE_AFTER_PIXELS` source pixels were decoded since the last release, the allocator's free
+    memory is released (`release_memory`) `RELEASE_DELAY_SECONDS` later, at most that often, so a
+    burst of photos does not leave resident memory at its peak.
     """
 
     def __init__(self, workers: int, max_pending: int, limits: DecodeLimits):
@@ -115,8 +138,9 @@ class Decoder:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
         self._slots = threading.BoundedSemaphore(max_pending)
         self._lock = threading.Lock()
-        self._large = 0  # large decodes in flight
-        self.releases = 0  # times memory was released (for tests and the bench)
+        self._pixels = 0  # source pixels decoded since memory was last released
+        self._release: asyncio.TimerHandle | None = None  # a release is scheduled
+        self.releases = 0  # times memory was released (for tests)
 
     async def decode(self, data: bytes, spec: InputSpec, background: Colour = (0, 0, 0)) -> bytes:
         if not self._slots.acquire(blocking=False):
@@ -127,27 +151,38 @@ class Decoder:
             self._slots.release()
             raise
         future.add_done_callback(lambda _: self._slots.release())
-        return await asyncio.wrap_future(future)
+        try:
+            return await asyncio.wrap_future(future)
+        finally:
+            if self._pixels >= RELEASE_AFTER_PIXELS and self._release is None:
+                self._release = asyncio.get_running_loop().call_later(RELEASE_DELAY_SECONDS, self._release_soon)
+
+    def _release_soon(self) -> None:
+        self._release = None
+        with self._lock:
+            self._pixels = 0
+        try:
+            self._pool.submit(self._release_now)
+        except RuntimeError:  # the pool was shut down
+            pass
+
+    def _release_now(self) -> None:
+        if release_memory():
+            self.releases += 1
 
     def _run(self, data: bytes, spec: InputSpec, background: Colour) -> bytes:
-        return _decode(data, spec, self.limits, background, self._large_decode)
+        return _decode(data, spec, self.limits, background, self._tracked)
 
     @contextlib.contextmanager
-    def _large_decode(self, pixels: int) -> Iterator[None]:
-        """Counts large decodes in flight; the last one to end releases the allocator's memory."""
-        if pixels < LARGE_DECODE_PIXELS:
-            yield
-            return
-        with self._lock:
-            self._large += 1
+    def _tracked(self, pixels: int) -> Iterator[None]:
+        """Counts the source pixels decoded."""
         try:
             yield
         finally:
             with self._lock:
-                self._large -= 1
-                last = self._large == 0
-            if last and release_memory():
-                self.releases += 1
+                self._pixels += pixels
 
     def close(self) -> None:
+        if self._release is not None:
+            self._release.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)

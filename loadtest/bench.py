@@ -24,8 +24,8 @@ on Predict calls in flight lifted), then measures, with the same small example i
 
 Writes `reports/bench/<timestamp>/`: report.md (goals, tables, CPU per image, machine),
 samples.csv, goals.csv, bench.png (throughput and p50/p99 latency against concurrency), the
-profile (profile.svg, profile-stacks.txt) and the servers' logs. Numbers go in the report only: nothing here asserts on them. With `--baseline`, the
-run is compared with an earlier one (loadtest/bench_baseline.py) and exits 1 on a regression.
+profile (profile.svg, profile-stacks.txt) and the servers' logs. Numbers go in the report only:
+nothing here asserts on them. With `--baseline`, the run is compared with an earlier one (loadtest/bench_baseline.py) and exits 1 on a regression.
 
 This process speaks TF Serving's API through the gateway's wire subset, so it must never import
 TensorFlow (see tests/conftest.py); the in-process measurement runs as a child process.

@@ -148,21 +148,32 @@ def test_sixteen_bit_greys_are_scaled_not_clipped():
     assert set(decode_image(encode(img, "PNG"), GREY28, LIMITS)) == {40000 // 256}
 
 
-def test_the_decoder_releases_memory_after_the_last_large_decode():
+def test_the_decoder_releases_memory_after_a_burst_of_pixels(monkeypatch):
+    monkeypatch.setattr(decode, "RELEASE_DELAY_SECONDS", 0.0)
+
     async def scenario():
         decoder = Decoder(workers=2, max_pending=4, limits=LIMITS)
-        photo = encode(Image.new("RGB", (2000, 1000), (10, 200, 10)), "JPEG", quality=90)
+        photo = encode(Image.new("RGB", (1000, 1000), (10, 200, 10)), "JPEG", quality=90)
         try:
             await decoder.decode(encode(Image.new("L", (28, 28)), "PNG"), GREY28)
-            assert decoder.releases == 0  # small images never do
+            assert decoder._release is None  # a few pixels are not worth a release
             await asyncio.gather(*(decoder.decode(photo, GREY28) for _ in range(3)))
-            assert 1 <= decoder.releases <= 3
+            await wait_until_async(lambda: decoder.releases == 1)  # one for the burst, after it
+            assert decoder._release is None and decoder._pixels == 0
         finally:
             decoder.close()
 
     if not decode.release_memory():
         pytest.skip("this C library has no malloc_trim")
     asyncio.run(scenario())
+
+
+async def wait_until_async(condition, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
 
 
 def test_the_decoder_pool_refuses_work_beyond_its_bound():
