@@ -120,7 +120,7 @@ def measure(gen: LoadGenerator, target: str, gateway_pid: int, server_pid: int, 
             result.samples.append(gen.measure(series, Workload("classify", target, (payload,), timeout_s=60),
                                               CONCURRENCY, probes))
     result.rss_mib["peak"] = peak.peak
-    time.sleep(0.5)  # the last decodes' threads hand memory back as they finish
+    time.sleep(1.5)  # the decoder releases memory 0.5 s after a burst (gateway/decode.py)
     result.rss_mib["after"] = process.memory_info().rss / 2**20
     progress(f"{SERIES_SMALL}: {CONCURRENCY} in flight ...")
     probes = [ProcessCpu(CPU_GATEWAY, gateway_pid), ProcessCpu(CPU_MODEL_SERVER, server_pid)]
@@ -182,6 +182,6 @@ def markdown(r: PhotoResult | None, table) -> list[str]:
                   "", f"2 threads vs 1: {two.per_wall_second / one.per_wall_second:.2f}× the photos per second.", ""]
     if r.rss_mib:
         lines += [f"Gateway resident memory: {r.rss_mib.get('idle', 0):,.0f} MiB before the photos, peak "
-                  f"{r.rss_mib.get('peak', 0):,.0f} MiB during, {r.rss_mib.get('after', 0):,.0f} MiB half a second "
+                  f"{r.rss_mib.get('peak', 0):,.0f} MiB during, {r.rss_mib.get('after', 0):,.0f} MiB 1.5 s "
                   "after (the decoder hands the allocator's free memory back after the last large decode).", ""]
     return lines
