@@ -65,9 +65,9 @@ def add_routes(app: FastAPI, settings: Settings, service: ClassifierService, met
         **batch_body(settings.allowed_formats, settings.max_images_per_request), **CLASSIFY_PARAMETERS},
         responses=error_responses(*CLASSIFY_ERRORS), tags=["classify"])
 
-    def classify_input(record: RequestRecord, model: str, image: bytes, top_k: int, version: int, label: str,
+    def classify_input(record: RequestRecord, image: bytes, top_k: int, version: int, label: str,
                        id: str = "") -> ClassifyInput:
-        return ClassifyInput(model, image, top_k, version, label, record.route_key, record.caller, id)
+        return ClassifyInput(record.model, image, top_k, version, label, record.route_key, record.caller, id)
 
     async def classify(request: Request, model: str, top_k: int, version: int = 0, label: str = "") -> JSONResponse:
         record: RequestRecord = request.state.record
@@ -76,7 +76,7 @@ def add_routes(app: FastAPI, settings: Settings, service: ClassifierService, met
         body = await read_body(request, settings.max_body_bytes, deadline)
         image = await image_from_body(request, body, settings.max_body_bytes)
         record.images = 1
-        work = service.classify(classify_input(record, record.model, image, top_k, version, label), deadline)
+        work = service.classify(classify_input(record, image, top_k, version, label), deadline)
         result = await unless_client_leaves(request, work)
         record.version = result.version
         record.add_stages(result.stages)
@@ -91,8 +91,7 @@ def add_routes(app: FastAPI, settings: Settings, service: ClassifierService, met
         body = await read_body(request, settings.max_body_bytes, deadline)
         images = await images_from_body(request, body, settings.max_body_bytes, settings.max_images_per_request)
         record.images = len(images)
-        inputs = [classify_input(record, record.model, image, query.top_k, query.version, query.label, id)
-                  for id, image in images]
+        inputs = [classify_input(record, image, query.top_k, query.version, query.label, id) for id, image in images]
         outcomes = await unless_client_leaves(request, service.classify_many(inputs, deadline))
         for outcome in outcomes:
             if not isinstance(outcome, GatewayError):
