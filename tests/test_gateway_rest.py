@@ -4,8 +4,7 @@ headers, caller identity, quiet probes, and the OpenAPI document (checked agains
 The session's gateway and model server (tests/conftest.py) answer most tests; two small gateways of
 this module's own show 429 (a decode bound of one) and 503 (no model server, API keys on). The
 middleware's answer to an unexpected exception is tested in-process with a trivial app that raises:
-nothing in the real gateway fails that way on purpose. Process rule (tests/conftest.py): only
-gateway.rest_middleware and the pure modules it imports are loaded here.
+nothing in the real gateway fails that way on purpose.
 """
 
 from __future__ import annotations
