@@ -71,7 +71,8 @@ class BenchResult:
     model: str = ""
     images: str = ""
     samples: list[Sample] = field(default_factory=list)
-    trivial: Sample | None = None
+    trivial: Sample | None = None  # the trivial endpoint at the highest concurrency (load-generator headroom)
+    trivial_headline: Sample | None = None  # ... at the headline concurrency, when that is another one
     batch_server: Sample | None = None
     inprocess: dict = field(default_factory=dict)
     decode: DecodeRate | None = None
@@ -200,7 +201,8 @@ def _finite(value: float) -> float | None:
 def cpu_goals(r: BenchResult, on: Sample | None, level: int) -> list[Goal]:
     """The gateway's CPU per image, absolute and against its CPU per trivial call in the same run."""
     mine = _finite(on.cpu_ms_per_image(CPU_GATEWAY)) if on else None
-    trivial = _finite(r.trivial.cpu_ms_per_image(CPU_GATEWAY)) if r.trivial and r.trivial.calls else None
+    same = next((t for t in (r.trivial_headline, r.trivial) if t is not None and t.concurrency == level), None)
+    trivial = _finite(same.cpu_ms_per_image(CPU_GATEWAY)) if same and same.calls else None
     ratio = _ratio(mine, trivial)
     return [
         Goal(f"gateway CPU per image, batching on, {level} in flight",
@@ -347,7 +349,7 @@ def _load(values: tuple[float, float, float] | None) -> str:
 def render(r: BenchResult, found: Sequence[Goal]) -> str:
     m = r.machine
     system = [s for s in r.samples]
-    extra = [s for s in (r.trivial, r.batch_server) if s is not None]
+    extra = [s for s in (r.trivial, r.trivial_headline, r.batch_server) if s is not None]
     lines = [
         f"# Benchmark {r.started}", "",
         f"Ran on {m.cpu_model}, {m.usable_cores} usable cores, {m.ram_gib:.0f} GiB RAM; load average "
@@ -411,7 +413,7 @@ def render(r: BenchResult, found: Sequence[Goal]) -> str:
 
 def write(r: BenchResult, folder: Path) -> list[Goal]:
     found = goals(r)
-    extra = [s for s in (r.trivial, r.batch_server) if s is not None]
+    extra = [s for s in (r.trivial, r.trivial_headline, r.batch_server) if s is not None]
     series = [*(r.photos.samples if r.photos else ()), *(r.fleet.samples if r.fleet else ())]
     write_samples_csv([*r.samples, *extra, *series], folder / "samples.csv")
     write_goals_csv(found, folder / "goals.csv")

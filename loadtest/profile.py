@@ -132,7 +132,7 @@ class Profiler:
             self.profile.svg = FLAME_SVG
 
     def record(self, sample) -> None:
-        sample.gateway_metrics.setdefault("profile samples", float(self.profile.samples))
+        """Nothing goes into the sample: the profile is the report's own section."""
 
 
 def markdown(profile: Profile, cpu_ms_per_image: float) -> list[str]:
@@ -142,9 +142,12 @@ def markdown(profile: Profile, cpu_ms_per_image: float) -> list[str]:
     if not profile.samples:
         return ["No profile: py-spy took no samples (was the process idle?).", ""]
     per_sample = cpu_ms_per_image / profile.samples if cpu_ms_per_image == cpu_ms_per_image else float("nan")
-    lines = [f"{profile.samples:,} samples of the {profile.process}'s threads while busy ({RATE_HZ} Hz, py-spy "
-             f"`--nonblocking`); ms/img converts each share with the {cpu_ms_per_image:.2f} ms of CPU per image "
-             "measured in the same window. Own: the function itself was running; with callees: it was on the stack.",
+    lines = [f"{profile.samples:,} samples of the {profile.process}'s threads that were running or ready to run "
+             f"({RATE_HZ} Hz, py-spy `--nonblocking`; idle threads left out, but a thread waiting for a core on a busy "
+             f"machine counts); ms/img converts each share with the {cpu_ms_per_image:.2f} ms of CPU per image "
+             "measured in the same window. Own: the function itself was running (with the C code it calls: grpc's core "
+             "in its poller thread shows as `Thread.run`, the event loop's compiled callbacks as `Handle._run`); "
+             "with callees: it was on the stack.",
              "", "| # | function (file) | own % | own ms/img | with callees % |", "|---:|---|---:|---:|---:|"]
     for rank, e in enumerate(profile.entries, start=1):
         lines.append(f"| {rank} | `{e.function}` | {100 * e.own / profile.samples:.1f} | "
