@@ -22,19 +22,16 @@ from dataclasses import dataclass
 import grpc
 
 from gateway import tensors
-from gateway.decode import InputSpec
 from gateway.errors import DeadlineExceeded, GatewayError, Overloaded, Unavailable
 from gateway.metrics import Metrics
+from gateway.types import (CLASSES, OOD_SCORE, OOD_THRESHOLD, SCORES, InputSpec, Scores, ServedVersion,
+                           VersionState)
 from gateway.wire import ModelServiceStub, PredictionServiceStub, apis
 
 log = logging.getLogger(__name__)
 
 SIGNATURE = "serving_default"
 PREFERRED_INPUT = "images"
-SCORES = "scores"
-CLASSES = "classes"
-OOD_SCORE = "ood_score"          # optional outputs: how unlike the training data each image is,
-OOD_THRESHOLD = "ood_threshold"  # and the model's own calibrated limit (gateway/thresholds.py)
 AVAILABLE = "AVAILABLE"
 
 # Errors that say "this model server is not healthy" (they count towards ejecting it). A
@@ -52,42 +49,6 @@ class Signature:
     input_name: str
     input: InputSpec
     ood: bool = False   # it has the outputs ood_score and ood_threshold
-
-
-@dataclass(frozen=True)
-class ServedVersion:
-    """One model version as the gateway uses it: requests decoded for `input` go to `version`."""
-
-    name: str
-    version: int
-    input_name: str
-    input: InputSpec
-    labels: tuple[str, ...]
-    ood: bool = False
-
-    @property
-    def outputs(self) -> tuple[str, ...]:
-        """What a Predict for this version asks for."""
-        return (SCORES, OOD_SCORE, OOD_THRESHOLD) if self.ood else (SCORES,)
-
-    def compatible(self, other: "ServedVersion") -> bool:
-        """Pixels decoded for `other` fit this version too."""
-        return (self.input_name, self.input) == (other.input_name, other.input)
-
-
-@dataclass(frozen=True)
-class Scores:
-    """One image's answer from the model: class scores, and the OOD score and threshold when exported."""
-
-    values: list[float]
-    ood_score: float | None = None
-    ood_threshold: float | None = None
-
-
-@dataclass(frozen=True)
-class VersionState:
-    version: int
-    state: str  # AVAILABLE, LOADING, ... as TF Serving names them
 
 
 class ModelNotServed(Unavailable):

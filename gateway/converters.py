@@ -13,7 +13,7 @@ import struct
 import gateway.generated  # noqa: F401  (puts the generated tree on sys.path)
 from classifier.v1 import classifier_pb2 as pb
 
-from gateway.core import Classification, ClassifyInput, ModelStatus
+from gateway.types import Classification, ImageRequest, ModelSummary
 from gateway.errors import GatewayError
 from gateway.status import error_to_status
 
@@ -30,8 +30,8 @@ def _f32(value: float) -> float:
     return struct.unpack("<f", struct.pack("<f", value))[0]
 
 
-def input_from_proto(request: pb.ClassifyRequest, route_key: str | None = None, caller: str = "") -> ClassifyInput:
-    return ClassifyInput(model=request.model, image=request.image, top_k=request.top_k, version=request.version,
+def input_from_proto(request: pb.ClassifyRequest, route_key: str | None = None, caller: str = "") -> ImageRequest:
+    return ImageRequest(model=request.model, image=request.image, top_k=request.top_k, version=request.version,
                          version_label=request.version_label, route_key=route_key, caller=caller,
                          id=request.id[:128])
 
@@ -71,10 +71,10 @@ def outcome_to_json(outcome: Outcome, index: int, id: str, request_id: str) -> d
     return {**head, **classification_to_json(outcome)}
 
 
-def model_to_proto(model: ModelStatus) -> pb.ModelInfo:
+def model_to_proto(model: ModelSummary) -> pb.ModelInfo:
     return pb.ModelInfo(name=model.name, version=model.version, labels=list(model.labels), state=model.state,
                         state_code=_STATE_CODES.get(model.state, pb.ModelInfo.STATE_UNSPECIFIED))
 
 
-def model_to_json(model: ModelStatus) -> dict:
+def model_to_json(model: ModelSummary) -> dict:
     return {"name": model.name, "version": model.version, "labels": list(model.labels), "state": model.state}

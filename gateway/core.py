@@ -18,10 +18,9 @@ import collections
 import functools
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Hashable, Sequence
 
-from gateway.backend import Scores, ServedVersion, VersionGone
+from gateway.backend import VersionGone
 from gateway.batcher import MicroBatcher
 from gateway.decode import Decoder, parse_colour
 from gateway.callers import CallerLabels
@@ -33,44 +32,10 @@ from gateway.registry import ModelRegistry
 from gateway.routing import VersionRequest
 from gateway.settings import Settings
 from gateway.shadow import Shadow
-from gateway.thresholds import Decision, decide
+from gateway.thresholds import decide
+from gateway.types import Classification, ImageRequest, ModelSummary, Readiness, Scores, ServedVersion
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ClassifyInput:
-    model: str              # "" means the default model
-    image: bytes
-    top_k: int = 0          # 0 means the configured default
-    version: int = 0        # 0 means the gateway's choice
-    version_label: str = ""  # a label of the model's settings, or "" for none
-    route_key: str | None = None  # keeps a caller on the same side of a canary split (x-canary-key, API key)
-    caller: str = ""        # who asks (gateway/callers.py): its own queue in the batcher
-    id: str = ""            # the caller's name for this image, echoed in its answer
-
-
-@dataclass(frozen=True)
-class Classification:
-    model: str
-    version: int
-    decision: Decision
-    stages: dict[str, float] = field(default_factory=dict, compare=False)  # seconds per stage
-
-
-@dataclass(frozen=True)
-class Readiness:
-    ready: bool                 # the default model is AVAILABLE and the gateway is not draining
-    draining: bool
-    models: dict[str, str]      # model -> state
-
-
-@dataclass(frozen=True)
-class ModelStatus:
-    name: str
-    version: int
-    labels: tuple[str, ...]
-    state: str
 
 
 class ClassifierService:
@@ -122,7 +87,7 @@ class ClassifierService:
         default = self._settings.request_timeout_seconds
         return asyncio.get_running_loop().time() + (default if timeout is None else min(timeout, default))
 
-    async def classify(self, request: ClassifyInput, deadline: float) -> Classification:
+    async def classify(self, request: ImageRequest, deadline: float) -> Classification:
         name = self.resolve_model(request.model)
         top_k = self._top_k(request.top_k)
         try:
@@ -131,7 +96,7 @@ class ClassifierService:
         except TimeoutError:
             raise DeadlineExceeded("the deadline passed before the image was classified") from None
 
-    async def attempt(self, request: ClassifyInput, deadline: float) -> Classification | GatewayError:
+    async def attempt(self, request: ImageRequest, deadline: float) -> Classification | GatewayError:
         """classify(), with a failure returned as the outcome instead of raised (for per-item answers)."""
         try:
             return await self.classify(request, deadline)
@@ -141,7 +106,7 @@ class ClassifierService:
             log.exception("classifying one image failed")
             return InternalError()
 
-    async def classify_many(self, requests: Sequence[ClassifyInput], deadline: float) -> list[Classification | GatewayError]:
+    async def classify_many(self, requests: Sequence[ImageRequest], deadline: float) -> list[Classification | GatewayError]:
         """One outcome per image, in order: its classification, or the error that failed it alone.
         TooManyImages for more than max_images_per_request; DeadlineExceeded when the call's own
         deadline passed before every image was answered."""
@@ -154,11 +119,11 @@ class ClassifierService:
             raise DeadlineExceeded("the deadline passed before every image was classified")
         return outcomes
 
-    async def list_models(self) -> list[ModelStatus]:
+    async def list_models(self) -> list[ModelSummary]:
         out = []
         for name in self._registry.names:
             info, _ = self._registry.current(name)
-            out.append(ModelStatus(name, info.version if info else 0, info.labels if info else (),
+            out.append(ModelSummary(name, info.version if info else 0, info.labels if info else (),
                                    self._registry.state(name)))
         return out
 
@@ -181,7 +146,7 @@ class ClassifierService:
             raise InvalidArgument(f"top_k must be 0 (the default, {self._settings.default_top_k}) or more, not {top_k}")
         return top_k or self._settings.default_top_k
 
-    async def _classify(self, name: str, request: ClassifyInput, top_k: int, deadline: float) -> Classification:
+    async def _classify(self, name: str, request: ImageRequest, top_k: int, deadline: float) -> Classification:
         outstanding = self._outstanding[name]
         plan = await self._registry.plan(name, VersionRequest(request.version, request.version_label, request.route_key),
                                          outstanding.__getitem__)

@@ -32,13 +32,13 @@ from typing import Callable
 
 import grpc
 
-from gateway.backend import (AVAILABLE, CallFailed, Endpoint, ModelNotServed, Scores, ServedVersion, VersionGone,
-                             VersionState, channel_options)
+from gateway.backend import AVAILABLE, CallFailed, Endpoint, ModelNotServed, VersionGone, channel_options
+from gateway.types import Scores, ServedVersion, VersionState
 from gateway.errors import CircuitOpen, GatewayError
 from gateway.metrics import Metrics
 from gateway.resilience import EndpointHealth, RetryBudget
 from gateway.settings import Settings
-from gateway.targets import BackendTarget, TargetError, parse_target, resolve
+from gateway.targets import TargetError, parse_target, resolve
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,8 @@ from classifier.v1 import classifier_pb2_grpc as pb_grpc
 from gateway import converters
 from gateway.auth import AUTHORIZATION, ApiKeyAuth
 from gateway.callers import CLIENT_ID_HEADER, grpc_peer_address, identify
-from gateway.core import ClassifierService, ClassifyInput
+from gateway.core import ClassifierService
+from gateway.types import ImageRequest
 from gateway.errors import GatewayError, as_gateway_error
 from gateway.grpc_interceptors import GRPC_HARD_LIMIT_FACTOR, AuthInterceptor, MessageGuard
 from gateway.logs import REQUEST_ID_HEADER, RequestRecord, finish_request, request_id
@@ -134,7 +135,7 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
     # -- shared by every RPC --------------------------------------------------------------------
 
     @staticmethod
-    def _input(request: pb.ClassifyRequest, record: RequestRecord) -> ClassifyInput:
+    def _input(request: pb.ClassifyRequest, record: RequestRecord) -> ImageRequest:
         return converters.input_from_proto(request, record.route_key, record.caller)
 
     @staticmethod

@@ -19,7 +19,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Mapping
 
-from gateway.backend import ServedVersion
+from gateway.types import ServedVersion
 from gateway.errors import GatewayError, ModelNotFound, Unavailable
 from gateway.fleet import Fleet
 from gateway.metrics import Metrics

@@ -24,7 +24,8 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Res
 from fastapi.staticfiles import StaticFiles
 
 from gateway import converters
-from gateway.core import ClassifierService, ClassifyInput
+from gateway.core import ClassifierService
+from gateway.types import ImageRequest
 from gateway.errors import GatewayError
 from gateway.logs import RequestRecord
 from gateway.metrics import Metrics
@@ -66,8 +67,8 @@ def add_routes(app: FastAPI, settings: Settings, service: ClassifierService, met
         responses=error_responses(*CLASSIFY_ERRORS), tags=["classify"])
 
     def classify_input(record: RequestRecord, image: bytes, top_k: int, version: int, label: str,
-                       id: str = "") -> ClassifyInput:
-        return ClassifyInput(record.model, image, top_k, version, label, record.route_key, record.caller, id)
+                       id: str = "") -> ImageRequest:
+        return ImageRequest(record.model, image, top_k, version, label, record.route_key, record.caller, id)
 
     async def classify(request: Request, model: str, top_k: int, version: int = 0, label: str = "") -> JSONResponse:
         record: RequestRecord = request.state.record

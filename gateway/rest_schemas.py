@@ -16,10 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat
 from pydantic.json_schema import SkipJsonSchema
 
 from gateway import converters
-from gateway.core import Classification
+from gateway.types import Classification
 from gateway.errors import (TABLE, ErrorKind, InvalidImage, ModelNotFound, Overloaded, TooManyImages,
                             Unauthenticated)
-from gateway.thresholds import CONFIDENT, REASONS, SMALL_MARGIN, Decision, Prediction
+from gateway.thresholds import CONFIDENT, REASONS, SMALL_MARGIN
+from gateway.types import Decision, LabelScore
 
 INT32_MAX = 2**31 - 1  # top_k is an int32 on the gRPC side; the same range here
 INT64_MAX = 2**63 - 1  # versions are int64
@@ -38,7 +39,7 @@ EXAMPLE_REQUEST_ID = "3f2c9e0a5b7d4e1f8a6b2c4d0e9f1a7b"
 
 
 def _classification(label: str, confident: bool, reason: str, scores: list[tuple[str, float]]) -> Classification:
-    return Classification("fashion", 1, Decision(label, confident, tuple(Prediction(*s) for s in scores), reason))
+    return Classification("fashion", 1, Decision(label, confident, tuple(LabelScore(*s) for s in scores), reason))
 
 
 _CONFIDENT = _classification("Ankle boot", True, CONFIDENT, [("Ankle boot", 0.9375), ("Sneaker", 0.03125)])

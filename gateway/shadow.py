@@ -17,14 +17,15 @@ import asyncio
 import functools
 import logging
 
-from gateway.backend import Scores, ServedVersion
+from gateway.types import Scores, ServedVersion
 from gateway.batcher import MicroBatcher
 from gateway.decode import Decoder
 from gateway.errors import GatewayError, Overloaded, Unavailable
 from gateway.fleet import Fleet
 from gateway.metrics import Metrics
 from gateway.settings import ModelSettings, Settings
-from gateway.thresholds import Decision, decide
+from gateway.thresholds import decide
+from gateway.types import Decision
 
 log = logging.getLogger(__name__)
 

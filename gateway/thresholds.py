@@ -23,15 +23,15 @@ that is "0.35" on the wire is exactly the threshold 0.35, not a hair below it.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from typing import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gateway.types import CONFIDENT, Decision, LabelScore
+
 DEFAULT_UNCERTAIN_LABEL = "not sure"
 
 # Why a decision is what it is: the names of classifier.v1.ClassifyResponse.Reason.
-CONFIDENT = "CONFIDENT"
 OUT_OF_DISTRIBUTION = "OUT_OF_DISTRIBUTION"
 LOW_SCORE = "LOW_SCORE"
 SMALL_MARGIN = "SMALL_MARGIN"
@@ -95,24 +95,6 @@ class Thresholds(BaseModel):
     ood: OodGuard = Field(default_factory=OodGuard)
 
 
-@dataclass(frozen=True)
-class Prediction:
-    label: str
-    score: float
-
-
-@dataclass(frozen=True)
-class Decision:
-    """The answer for one image: the decided label, why (one of REASONS), the top-k predictions
-    (highest first) and the OOD score it was judged on (None when the model has none)."""
-
-    label: str
-    confident: bool
-    predictions: tuple[Prediction, ...]
-    reason: str = CONFIDENT
-    ood_score: float | None = None
-
-
 def check_labels(labels: Sequence[str], thresholds: Thresholds) -> None:
     """Raise ValueError when the rules cannot apply to a model with these labels."""
     if not labels:
@@ -122,10 +104,10 @@ def check_labels(labels: Sequence[str], thresholds: Thresholds) -> None:
         raise ValueError(f"positive_label {positive!r} is not one of the model's labels {list(labels)}")
 
 
-def top_predictions(labels: Sequence[str], scores: Sequence[float], top_k: int) -> tuple[Prediction, ...]:
+def top_predictions(labels: Sequence[str], scores: Sequence[float], top_k: int) -> tuple[LabelScore, ...]:
     """The `top_k` highest scores (ties keep the model's label order)."""
     order = sorted(range(len(scores)), key=lambda i: -scores[i])
-    return tuple(Prediction(labels[i], float(scores[i])) for i in order[:max(top_k, 0)])
+    return tuple(LabelScore(labels[i], float(scores[i])) for i in order[:max(top_k, 0)])
 
 
 def out_of_distribution(ood_score: float | None, ood_threshold: float | None, guard: OodGuard) -> bool:

@@ -79,8 +79,8 @@ def test_a_caller_names_a_version_or_a_label():
     served = {"a": frozenset({1, 2}), "b": frozenset({1})}
     assert route(served, settings, VersionRequest(version=2)) == Route(2, "requested", strict=True)
     assert route(served, settings, VersionRequest(label="stable")) == Route(1, "label", strict=True)
-    for request, kind, words in [(VersionRequest(version=3), ErrorKind.NOT_FOUND, "serves versions 1, 2; labels canary=2"),
-                                 (VersionRequest(label="beta"), ErrorKind.NOT_FOUND, "labels: canary, stable"),
+    for request, kind, words in [(VersionRequest(version=3), ErrorKind.VERSION_NOT_FOUND, "serves versions 1, 2; labels canary=2"),
+                                 (VersionRequest(label="beta"), ErrorKind.VERSION_NOT_FOUND, "labels: canary, stable"),
                                  (VersionRequest(1, "stable"), ErrorKind.INVALID_ARGUMENT, "not both")]:
         with pytest.raises(GatewayError, match=words) as err:
             route(served, settings, request)

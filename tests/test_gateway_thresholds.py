@@ -10,7 +10,8 @@ import struct
 import pytest
 from pydantic import ValidationError
 
-from gateway.thresholds import (REASONS, BinaryBand, MulticlassRule, OodGuard, Prediction, Thresholds, check_labels,
+from gateway.types import LabelScore
+from gateway.thresholds import (REASONS, BinaryBand, MulticlassRule, OodGuard, Thresholds, check_labels,
                                 decide)
 
 
@@ -150,7 +151,7 @@ def test_multiclass_thresholds_are_configurable():
 def test_top_k_is_sorted_highest_first_and_bounded():
     scores = row(Bag=0.5, Coat=0.3, Dress=0.15, Shirt=0.05)
     d = decide(FASHION, scores, DEFAULT, top_k=3)
-    assert d.predictions == (Prediction("Bag", 0.5), Prediction("Coat", 0.3), Prediction("Dress", 0.15))
+    assert d.predictions == (LabelScore("Bag", 0.5), LabelScore("Coat", 0.3), LabelScore("Dress", 0.15))
     assert len(decide(FASHION, scores, DEFAULT, top_k=100).predictions) == len(FASHION)
     ties = decide(FASHION, [0.1] * 10, DEFAULT, top_k=10)
     assert [p.label for p in ties.predictions] == FASHION  # ties keep the model's order
