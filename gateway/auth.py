@@ -6,7 +6,7 @@ UNAUTHENTICATED / 401 before any of its work starts. With `public_health_and_met
 default) the liveness, readiness and metrics endpoints and `grpc.health.v1.Health` stay open, so
 Kubernetes probes and Prometheus need no key.
 
-The gRPC interceptor (grpc_service.py) and the HTTP middleware (rest.py) are thin adapters: they
+The gRPC interceptor (grpc_interceptors.py) and the HTTP middleware (rest_middleware.py) are thin adapters: they
 pass the path or method and the header here, and turn the error into their transport's answer.
 Keys are compared in constant time; a refusal says what is wrong without echoing what was sent.
 """
