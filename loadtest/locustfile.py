@@ -36,6 +36,7 @@ import random  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import gevent  # noqa: E402
 import urllib3  # noqa: E402
 from locust import FastHttpUser, LoadTestShape, constant, events, task  # noqa: E402
 from locust.runners import MasterRunner, WorkerRunner  # noqa: E402
@@ -57,6 +58,7 @@ log = logging.getLogger("loadtest")
 DEFAULT_DURATION_S = 60.0  # a shape without --run-time still ends
 BATCH_BYTES_BUDGET = 8 * 2**20  # a batch or stream stays well under the gateway's 16 MB message limit
 MAX_MESSAGE_BYTES = 32 * 2**20
+POOL_SPARE_THREADS = 4  # gevent's thread pool: beyond one thread per user (see _prepare)
 
 
 @events.init_command_line_parser.add_listener
@@ -75,6 +77,11 @@ def _prepare(environment, **_kwargs):
     _pick_users(environment)
     if isinstance(environment.runner, MasterRunner):
         return  # the master runs no users
+    # Under gevent, gRPC waits for each channel's events (one channel per user) in a thread of
+    # gevent's pool, 10 by default: with more users than threads, an answer that has arrived waits
+    # for a free thread, so each call's time includes the others'. A thread per user, a few spare.
+    threads = gevent.get_hub().threadpool
+    threads.maxsize = max(threads.maxsize, (environment.parsed_options.num_users or 1) + POOL_SPARE_THREADS)
     pool = image_pool(environment.parsed_options.large_share)
     log.info("image pool: %s", pool.describe())
 
