@@ -197,16 +197,18 @@ CALLER_FIELDS = (":queue_wait:count", ":queue_wait:sum", ":queue_depth", ":rejec
 
 def callers(before: Snapshot, after: Snapshot, during: Sequence[Snapshot]) -> dict[str, dict]:
     """Per caller label (callers with images queued or refused between the snapshots): images that
-    waited for a batch, their mean wait in ms, the queue depth while under load, images refused."""
+    waited for a batch, their mean wait in ms, the queue depth while under load (None when the
+    gateway kept no queue of the caller's own: fair queueing off), images refused."""
     names = {key[len("caller:"):-len(suffix)] for key in after.values if key.startswith("caller:")
              for suffix in CALLER_FIELDS if key.endswith(suffix)}
     out = {}
     for name in sorted(names):
         mean, images = _mean_ms(before, after, f"caller:{name}:queue_wait")
         refused = after.get(f"caller:{name}:rejections") - before.get(f"caller:{name}:rejections")
+        depth = f"caller:{name}:queue_depth"
         if images > 0 or refused > 0:
             out[name] = {"images": images, "queue_wait_ms": mean, "refused": refused,
-                         "queue_depth": _gauge(during, f"caller:{name}:queue_depth")}
+                         "queue_depth": _gauge(during, depth) if any(depth in s.values for s in during) else None}
     return out
 
 

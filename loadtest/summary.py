@@ -299,6 +299,9 @@ def callers_lines(gateway: Mapping | None, requests: Sequence[Mapping], mix: str
             lines.append(f"| {name} | {c['images']:,.0f} | {_num(c['queue_wait_ms'], '{:,.2f}')} | "
                          + (f"{depth['mean']:,.1f} / {depth['max']:,.0f}" if depth else "–")
                          + f" | {c['refused']:,.0f} |")
+        if any(c.get("queue_depth") is None for c in seen.values()):
+            lines += ["", "Queue depth –: the gateway kept no queue of that caller's own (fair queueing off: one "
+                      "first-come queue per model), or was not read during the run."]
     elif mix == options.QUIET_FLOOD:
         lines.append("The gateway's callers were not read (see Inside the gateway); the client's view:")
     if mix == options.QUIET_FLOOD:

@@ -6,7 +6,8 @@ per route and per transport too (and zero failed requests, so every answer must 
 once with impossible limits that must fail the run and name each one; and once against a gateway
 slowed on purpose (GATEWAY_MAX_WAIT_MS=200 under concurrent load, so batches wait), compared with
 the first run as its baseline: it must fail and name queue_wait. The first run compared with
-itself must pass. Locust itself is never imported here: it monkey-patches the standard library
+itself must pass. A quiet-flood run (--callers) must report both callers, client and gateway side,
+with the quiet one never refused. Locust itself is never imported here: it monkey-patches the standard library
 with gevent on import. Comparisons between runs are the baseline tests' (tests/test_loadtest_baseline.py).
 """
 
@@ -334,11 +335,30 @@ def test_impossible_slos_fail_the_run_and_name_each_limit(gateway, tmp_path):
     assert "FAIL" in text.splitlines()[0] and "p95 latency" in text and "Not read (`--metrics-url none`)" in text
 
 
+@pytest.mark.slow
+def test_a_quiet_flood_run_reports_both_callers(gateway, tmp_path):
+    done = run_loadtest(gateway, tmp_path, "--callers", "quiet-flood", "--users", "6", "--spawn-rate", "6",
+                        "--slo", "grpc Classify (quiet):errors<=0%", "--slo-p95-ms", "60000", "--slo-p99-ms", "60000")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "held: grpc Classify (quiet): errors <= 0 %" in done.stderr  # one caller's SLO
+    record = json.loads((tmp_path / "verdict.json").read_text())
+    rows = {row["name"]: row for row in record["requests"] if row["requests"]}
+    quiet, flood = rows["Classify (quiet)"], rows["Classify (flood)"]
+    assert quiet["failures"] == 0 and flood["requests"] > quiet["requests"]  # 1 quiet user, 5 flooding
+    assert not {"Classify", "ClassifyBatch", "/v1/classify (multipart)"} & set(rows)  # the mix did not run
+    callers = record["gateway"]["callers"]
+    assert callers["quiet"]["images"] > 0 and callers["quiet"]["refused"] == 0 and callers["flood"]["images"] > 0
+    text = (tmp_path / "summary.md").read_text()
+    assert "## Callers" in text and "| quiet | " in text and "| flood | " in text
+    assert "**The quiet caller was never refused**" in text and "the quiet caller's p50 is" in text
+
+
 def test_bad_rules_tolerances_and_baselines_stop_the_run_before_it_starts(tmp_path, capsys):
     for argv, message in ((["--slo", "grpc:p95>=1"], "takes <="),
                           (["--slo-file", str(tmp_path / "none.yaml")], "none.yaml"),
                           (["--tolerance-ms", "-1"], "must be >= 0"),
-                          (["--baseline", str(tmp_path)], "verdict.json: no such file")):
+                          (["--baseline", str(tmp_path)], "verdict.json: no such file"),
+                          (["--callers", "quiet-flood", "--users", "1"], "--users >= 2")):
         with pytest.raises(SystemExit) as exc:
             run.parse_args(argv)
         assert exc.value.code == 2 and message in capsys.readouterr().err, argv
