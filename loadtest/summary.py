@@ -281,6 +281,10 @@ def quiet_flood_lines(requests: Sequence[Mapping], seen: Mapping[str, Mapping]) 
              f"Quiet caller p50 {_ms(quiet['p50_ms'])} ms, p95 {_ms(quiet['p95_ms'])} ms; flood p50 "
              f"{_ms(flood['p50_ms'])} ms, p95 {_ms(flood['p95_ms'])} ms: the quiet caller's p50 is "
              f"{_ratio(quiet['p50_ms'], flood['p50_ms'])} the flood's, its p95 {_ratio(quiet['p95_ms'], flood['p95_ms'])}."]
+    flooded = seen.get(options.FLOOD)
+    if gateway and flooded and gateway["queue_wait_ms"] is not None and flooded["queue_wait_ms"] is not None:
+        lines[-1] += (f" Inside the gateway its images waited {gateway['queue_wait_ms']:,.1f} ms for a batch on average, "
+                      f"the flood's {flooded['queue_wait_ms']:,.1f} ms.")
     if seen and gateway is None:
         lines += ["", f"The gateway reported no caller `{options.QUIET}`: with API keys it names callers by "
                   "key, and beyond its first 20 callers it labels the rest `other`."]
