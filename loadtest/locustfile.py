@@ -290,14 +290,15 @@ USER_MIXES = {"mix": (GrpcClassifierUser, RestClassifierUser),
 
 
 def _pick_users(environment) -> None:
-    """Keep the user classes of --callers (in place: Locust's runner reads the same list).
-    Raises ValueError (fatal in an init listener) when the command line named only others."""
+    """Keep the user classes of --callers (in place: Locust's runner reads the same list); exit
+    with status 1 and a message, as Locust does for an unknown user class, when the command line
+    named only others."""
     wanted = USER_MIXES[environment.parsed_options.callers]
     picked = [cls for cls in environment.user_classes if cls in wanted]
     if not picked:
-        raise ValueError(f"--callers {environment.parsed_options.callers} runs "
-                         f"{', '.join(cls.__name__ for cls in wanted)}; the command line named only "
-                         f"{', '.join(cls.__name__ for cls in environment.user_classes)}")
+        log.error("--callers %s runs %s; the command line named only %s", environment.parsed_options.callers,
+                  ", ".join(cls.__name__ for cls in wanted), ", ".join(cls.__name__ for cls in environment.user_classes))
+        sys.exit(1)
     environment.user_classes[:] = picked
 
 
