@@ -37,12 +37,11 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import gevent  # noqa: E402
+import grpc  # noqa: E402
 import urllib3  # noqa: E402
 from locust import FastHttpUser, LoadTestShape, constant, events, task  # noqa: E402
 from locust.runners import MasterRunner, WorkerRunner  # noqa: E402
 from locust.stats import StatsEntry  # noqa: E402
-
-import grpc  # noqa: E402
 
 import gateway.generated  # noqa: E402,F401  (puts the classifier.v1 stubs on sys.path)
 from classifier.v1 import classifier_pb2 as pb  # noqa: E402

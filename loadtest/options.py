@@ -118,6 +118,9 @@ def caller_request(rpc: str, caller: str) -> str:
     return f"{rpc} ({caller})"
 
 
+QUIET_CLASSIFY, FLOOD_CLASSIFY = caller_request("Classify", QUIET), caller_request("Classify", FLOOD)
+
+
 def add_options(parser: Any, *, env: bool = False, skip: Sequence[str] = ()) -> None:
     """Add the options (but those in `skip`) to an argparse-compatible parser; Locust's takes
     `env_var` too (`env=True`: LOCUST_SLO_P95_MS and so on)."""

@@ -52,9 +52,6 @@ GATEWAY_ENV_PREFIX = "GATEWAY_"  # the gateway's settings from the environment (
 EXIT_BROKEN = 2  # the run itself failed (target not ready, Locust hung); 1 is "an SLO limit was missed"
 
 
-CALLER_REQUESTS = tuple(options.caller_request("Classify", c) for c in (options.QUIET, options.FLOOD))
-
-
 class TargetError(RuntimeError):
     """The gateway to test is not there or not ready."""
 
@@ -299,8 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         verdict_path.write_text(json.dumps(verdict, indent=2) + "\n", encoding="utf-8")
     history = summary.read_csv(report_dir / f"{CSV_PREFIX}_stats_history.csv")
     found = summary.stages(history)
-    drawn = plots.render(report_dir, history, snapshots, found, summary.knee(found),
-                         compare=CALLER_REQUESTS if args.callers == options.QUIET_FLOOD else ())
+    side_by_side = (options.QUIET_CLASSIFY, options.FLOOD_CLASSIFY) if args.callers == options.QUIET_FLOOD else ()
+    drawn = plots.render(report_dir, history, snapshots, found, summary.knee(found), compare=side_by_side)
     for name, why in drawn.items():
         if why:
             print(f"warning: plot {name} unavailable: {why}", file=sys.stderr)

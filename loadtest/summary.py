@@ -264,8 +264,7 @@ def _ratio(a: str | float, b: str | float) -> str:
 
 def quiet_flood_lines(requests: Sequence[Mapping], seen: Mapping[str, Mapping]) -> list[str]:
     """The verdict of a quiet-flood run in words: refused or not, latency against the flood's."""
-    quiet_name = options.caller_request("Classify", options.QUIET)
-    quiet, flood = _row(requests, quiet_name), _row(requests, options.caller_request("Classify", options.FLOOD))
+    quiet, flood = _row(requests, options.QUIET_CLASSIFY), _row(requests, options.FLOOD_CLASSIFY)
     if quiet is None or flood is None:
         return [f"No answers from {'the quiet caller' if quiet is None else 'the flood'} to compare."]
     gateway = seen.get(options.QUIET)
