@@ -4,7 +4,8 @@ Callers `submit()` one item, saying who they are (`caller`: an API key's name, a
 address), and await their own row of the answer. A worker task flushes a batch when
 `max_batch_size` items wait or the oldest has waited `max_wait` seconds, whichever comes first, and
 sends it with `send(key, payloads, deadline)`. When no batch is in flight, what waits is sent at
-once: an idle model answers a lone request without the wait. At most `max_concurrent` batches are
+once, and an item that finds nothing waiting and nothing in flight is sent by its caller's own task
+straight away: an idle model answers a lone request without the wait or a hand-off. At most `max_concurrent` batches are
 in flight (the caller of `set_capacity` may change that); while they all are, new items wait and
 form the next, bigger batch - batching adapts to load.
 
@@ -112,6 +113,7 @@ class MicroBatcher(Generic[R]):
         self._seconds_per_item = 0.001     # recent backend time per item, for retry hints
         self._worker: asyncio.Task | None = None
         self._sending: set[asyncio.Task] = set()
+        self._alone: set[asyncio.Task] = set()   # callers sending their item themselves (idle model)
         self._closed = False
 
     def set_capacity(self, max_concurrent: int) -> None:
@@ -137,6 +139,11 @@ class MicroBatcher(Generic[R]):
         if self._waiting >= self.max_queue:
             self._make_room(state)
         loop = asyncio.get_running_loop()
+        if not self._waiting and not self._inflight:
+            # An idle model: this item is a batch of its own, sent from the caller's own task (no
+            # hand-off to the worker and back, which is most of what batching costs a lone request).
+            return await self._send_alone(_Item(key, payload, deadline, loop.time(), state, loop.create_future(),
+                                                waiting=False), loop)
         if self._worker is None:
             # A fresh context: the long-lived worker must not keep the first caller's (trace, ids).
             self._worker = loop.create_task(self._run(), name=f"batcher-{self.name}", context=contextvars.Context())
@@ -149,9 +156,28 @@ class MicroBatcher(Generic[R]):
         self._changed()
         return await item.future
 
+    async def _send_alone(self, item: _Item, loop: asyncio.AbstractEventLoop) -> BatchResult[R]:
+        """Send one item as its own batch from the caller's task."""
+        task = asyncio.current_task()
+        self._inflight += 1
+        self._alone.add(task)
+        try:
+            await self._send_batch([item], loop, alone=True)
+        except asyncio.CancelledError:
+            item.future.exception()  # retrieved: its caller is the one being cancelled
+            if self._closed:  # close() stopped the call, not the caller: it gets what the others get
+                task.uncancel()
+                raise ShuttingDown("the gateway is shutting down") from None
+            raise
+        finally:
+            self._alone.discard(task)
+        return item.future.result()
+
     async def close(self) -> None:
         """Stop the worker; queued and in-flight callers get ShuttingDown."""
         self._closed = True
+        for task in self._alone:
+            task.cancel()
         tasks = [t for t in [self._worker, *self._sending] if t is not None]
         for task in tasks:
             task.cancel()
@@ -228,7 +254,7 @@ class MicroBatcher(Generic[R]):
             oldest = min((q[0].enqueued for c in self._callers.values() for q in c.queues.values()),
                          default=loop.time())
             wait_left = oldest + self.max_wait - loop.time()
-            if wait_left > 0 and self._sending and not self._full.is_set():
+            if wait_left > 0 and self._inflight and not self._full.is_set():
                 try:
                     async with asyncio.timeout(wait_left):
                         await self._full.wait()
@@ -303,7 +329,9 @@ class MicroBatcher(Generic[R]):
             self._leave(item)
         caller.queues.pop(key, None)
 
-    async def _send_batch(self, batch: list[_Item], loop: asyncio.AbstractEventLoop) -> None:
+    async def _send_batch(self, batch: list[_Item], loop: asyncio.AbstractEventLoop, alone: bool = False) -> None:
+        """Send one batch and settle its callers' futures. `alone`: running in the task of the
+        batch's only caller, whose own cancellation stops the call."""
         started = loop.time()
         answered = False
         task = asyncio.current_task()
@@ -312,8 +340,9 @@ class MicroBatcher(Generic[R]):
             if not answered and task is not None and all(i.future.done() for i in batch):
                 task.cancel()  # nobody waits for this call any more
 
-        for item in batch:
-            item.future.add_done_callback(caller_gone)
+        if not alone:
+            for item in batch:
+                item.future.add_done_callback(caller_gone)
         try:
             self._on_batch(len(batch))
             deadline = max(item.deadline for item in batch)

@@ -30,6 +30,9 @@ def request_id(given: str | None) -> str:
     return uuid.uuid4().hex
 
 
+_JSON = json.JSONEncoder(default=str)  # one encoder: json.dumps(default=...) would build one per line
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out = {
@@ -41,7 +44,7 @@ class JsonFormatter(logging.Formatter):
         out.update(getattr(record, "fields", None) or {})
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+        return _JSON.encode(out)
 
 
 class TextFormatter(logging.Formatter):
