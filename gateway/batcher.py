@@ -3,7 +3,8 @@
 Callers `submit()` one item, saying who they are (`caller`: an API key's name, a client id, an
 address), and await their own row of the answer. A worker task flushes a batch when
 `max_batch_size` items wait or the oldest has waited `max_wait` seconds, whichever comes first, and
-sends it with `send(key, payloads, deadline)`. When no batch is in flight, what waits is sent at
+sends it with `send(key, payloads, deadline)`, which answers one row per item (a GatewayError
+as a row fails that item alone). When no batch is in flight, what waits is sent at
 once, and an item that finds nothing waiting and nothing in flight is sent by its caller's own task
 straight away: an idle model answers a lone request without the wait or a hand-off. At most `max_concurrent` batches are
 in flight (the caller of `set_capacity` may change that); while they all are, new items wait and
@@ -12,7 +13,10 @@ form the next, bigger batch - batching adapts to load.
 Fairness: every caller has a queue of its own, and batches are filled from them by deficit round
 robin - each turn a caller may add up to its `weight` items (`policy(caller)` says) - so a caller's wait depends on its own
 backlog, not on everyone's, while batches still fill from all callers. Callers of the `bulk` class
-only fill what room `interactive` callers leave.
+only fill what room `interactive` callers leave. A caller with nothing queued or in flight does
+not wait for a batch slot when all are taken: its item goes at once as a batch of its own (up to
+`max_concurrent` such extra batches; not for bulk callers; `express=False` turns it off), so a
+light caller's latency is one small call even while a heavy one keeps every slot busy.
 
 Bounds:
 * at most `max_queue` items wait in all, and at most the limit `policy` gives a caller (0: no limit
@@ -90,7 +94,7 @@ class _Caller:
 class MicroBatcher(Generic[R]):
     def __init__(self, name: str, send: SendBatch, *, max_batch_size: int, max_wait: float,
                  max_queue: int, max_concurrent: int,
-                 policy: CallerPolicy = lambda caller: (1.0, False, 0),
+                 policy: CallerPolicy = lambda caller: (1.0, False, 0), express: bool = True,
                  on_queue_depth: Callable[[int], None] = lambda depth: None,
                  on_caller_depth: Callable[[str, int], None] = lambda caller, depth: None,
                  on_batch: Callable[[int], None] = lambda size: None):
@@ -100,6 +104,7 @@ class MicroBatcher(Generic[R]):
         self.max_wait = max_wait
         self.max_queue = max_queue
         self.max_concurrent = max_concurrent
+        self.express = express
         self._policy = policy
         self._on_queue_depth = on_queue_depth
         self._on_caller_depth = on_caller_depth
@@ -110,6 +115,7 @@ class MicroBatcher(Generic[R]):
         self._full = asyncio.Event()       # a whole batch is waiting
         self._slot_free = asyncio.Event()
         self._inflight = 0                 # batches being sent
+        self._busy: collections.Counter[str] = collections.Counter()  # caller -> its items in batches being sent
         self._seconds_per_item = 0.001     # recent backend time per item, for retry hints
         self._worker: asyncio.Task | None = None
         self._sending: set[asyncio.Task] = set()
@@ -139,9 +145,14 @@ class MicroBatcher(Generic[R]):
         if self._waiting >= self.max_queue:
             self._make_room(state)
         loop = asyncio.get_running_loop()
-        if not self._waiting and not self._inflight:
-            # An idle model: this item is a batch of its own, sent from the caller's own task (no
-            # hand-off to the worker and back, which is most of what batching costs a lone request).
+        idle = not self._waiting and not self._inflight
+        # A caller with nothing queued or in flight, while every batch slot is taken, need not wait
+        # for one: a batch of its own goes at once (at most max_concurrent such extra batches).
+        express = (self.express and caller and not state.bulk and not state.waiting and not self._busy[caller]
+                   and self.max_concurrent <= self._inflight < 2 * self.max_concurrent)
+        if idle or express:
+            # Sent from the caller's own task: no hand-off to the worker and back, which is most of
+            # what batching costs a lone request.
             return await self._send_alone(_Item(key, payload, deadline, loop.time(), state, loop.create_future(),
                                                 waiting=False), loop)
         if self._worker is None:
@@ -332,6 +343,17 @@ class MicroBatcher(Generic[R]):
     async def _send_batch(self, batch: list[_Item], loop: asyncio.AbstractEventLoop, alone: bool = False) -> None:
         """Send one batch and settle its callers' futures. `alone`: running in the task of the
         batch's only caller, whose own cancellation stops the call."""
+        for item in batch:
+            self._busy[item.caller.name] += 1
+        try:
+            await self._send_and_settle(batch, loop, alone)
+        finally:
+            for item in batch:
+                self._busy[item.caller.name] -= 1
+                if not self._busy[item.caller.name]:
+                    del self._busy[item.caller.name]
+
+    async def _send_and_settle(self, batch: list[_Item], loop: asyncio.AbstractEventLoop, alone: bool) -> None:
         started = loop.time()
         answered = False
         task = asyncio.current_task()
@@ -362,7 +384,11 @@ class MicroBatcher(Generic[R]):
             predict = loop.time() - started
             self._seconds_per_item = 0.8 * self._seconds_per_item + 0.2 * predict / len(batch)
             for item, row in zip(batch, rows):
-                if not item.future.done():
+                if item.future.done():
+                    continue
+                if isinstance(row, GatewayError):  # that item alone failed (an image that did not decode)
+                    item.future.set_exception(row)
+                else:
                     item.future.set_result(BatchResult(row, started - item.enqueued, predict, len(batch)))
         finally:
             self._inflight -= 1

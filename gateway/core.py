@@ -18,11 +18,12 @@ import collections
 import functools
 import logging
 import time
+from dataclasses import dataclass
 from typing import Hashable, Sequence
 
 from gateway.backend import VersionGone
 from gateway.batcher import MicroBatcher
-from gateway.decode import Decoder, parse_colour
+from gateway.decode import Decoder, is_small, parse_colour
 from gateway.callers import CallerLabels
 from gateway.errors import (DeadlineExceeded, GatewayError, InternalError, InvalidArgument, Overloaded,
                             TooManyImages)
@@ -157,19 +158,24 @@ class ClassifierService:
 
         outstanding[info.version] += 1
         try:
-            started = time.perf_counter()
-            pixels = await self._decoder.decode(request.image, info.input, background)
-            stages["decode"] = time.perf_counter() - started
+            if is_small(request.image):  # decoded with its batch, off the loop (gateway/decode.py)
+                payload: bytes | _Undecoded = _Undecoded(request.image, background)
+            else:
+                started = time.perf_counter()
+                payload = await self._decoder.decode(request.image, info.input, background)
+                stages["decode"] = time.perf_counter() - started
             caller = request.caller if self._settings.fair_queueing else ""
-            result = await self._batchers[name].submit((info.version, plan.route.strict), pixels, deadline, caller)
+            result = await self._batchers[name].submit((info.version, plan.route.strict), payload, deadline, caller)
         except Overloaded:
             self._metrics.caller_rejections.labels(name, self._caller_labels(request.caller)).inc()
             raise
         finally:
             outstanding[info.version] -= 1
         self._metrics.caller_queue_wait.labels(name, self._caller_labels(request.caller)).observe(result.queue_wait)
-        used, scores = result.value
-        stages["queue_wait"], stages["predict"] = result.queue_wait, result.predict
+        used, scores, pixels, batch_decode = result.value
+        if "decode" not in stages:
+            stages["decode"] = batch_decode
+        stages["queue_wait"], stages["predict"] = result.queue_wait, result.predict - batch_decode
 
         started = time.perf_counter()
         decision = decide(used.labels, scores.values, settings.thresholds, settings.uncertain_label, top_k,
@@ -183,16 +189,32 @@ class ClassifierService:
             self._shadow.offer(plan.shadow, used, request.image, pixels, decision, settings, background)
         return Classification(name, used.version, decision, stages)
 
-    async def _predict(self, name: str, key: Hashable, payloads: list[bytes],
-                       deadline: float) -> list[tuple[ServedVersion, Scores]]:
-        """The batcher's send: one Predict for the batch, to an endpoint serving its version. When no
-        endpoint serves it any more (a rollout moved on), default traffic goes once more to the
-        version default traffic uses now; a request that named its version does not."""
+    async def _predict(self, name: str, key: Hashable, payloads: list[bytes | _Undecoded],
+                       deadline: float) -> list[tuple[ServedVersion, Scores, bytes, float] | GatewayError]:
+        """The batcher's send: the batch's small images decoded together (gateway/decode.py), then one
+        Predict for every image that decoded, to an endpoint serving the batch's version; an image
+        that did not decode answers with its own error. When no endpoint serves the version any more
+        (a rollout moved on), default traffic goes once more to the version default traffic uses
+        now; a request that named its version does not. Each row: the version used, the scores,
+        the image's pixels (for a shadow copy) and the batch's decode time."""
         version, strict = key
         info = self._fleet.info(name, version)
-        pixels = b"".join(payloads)
+        rows: list = list(payloads)
+        undecoded = [i for i, p in enumerate(payloads) if isinstance(p, _Undecoded)]
+        decode_seconds = 0.0
+        if undecoded:
+            started = time.perf_counter()
+            decoded = await self._decoder.decode_many([(payloads[i].data, info.input, payloads[i].background)
+                                                       for i in undecoded])
+            decode_seconds = time.perf_counter() - started
+            for i, outcome in zip(undecoded, decoded):
+                rows[i] = outcome
+        ready = [i for i, row in enumerate(rows) if isinstance(row, bytes)]
+        if not ready:
+            return rows
+        pixels = b"".join(rows[i] for i in ready)
         try:
-            used, rows = await self._fleet.predict(info, pixels, len(payloads), deadline)
+            used, scores = await self._fleet.predict(info, pixels, len(ready), deadline)
         except VersionGone:
             if strict:
                 raise
@@ -202,8 +224,18 @@ class ClassifierService:
                 fresh = self._registry.replacement(info)
             if fresh is None:
                 raise
-            used, rows = await self._fleet.predict(fresh, pixels, len(payloads), deadline)
-        return [(used, row) for row in rows]
+            used, scores = await self._fleet.predict(fresh, pixels, len(ready), deadline)
+        for i, row in zip(ready, scores):
+            rows[i] = (used, row, rows[i], decode_seconds)
+        return rows
+
+
+@dataclass(frozen=True)
+class _Undecoded:
+    """A small image that waits in the batcher as it arrived, to be decoded with its batch."""
+
+    data: bytes
+    background: tuple[int, int, int]
 
 
 @functools.lru_cache(maxsize=64)

@@ -20,7 +20,9 @@ on Predict calls in flight lifted), then measures, with the same small example i
 * real photos (loadtest/bench_photos.py): 12 MP and 640x480 JPEGs, whole and shrunk by the client,
   decode scaling over threads, the gateway's memory after a burst of photos;
 * two model-server replicas behind one gateway (loadtest/bench_fleet.py): per-endpoint routing
-  against one round_robin channel.
+  against one round_robin channel;
+* two callers (loadtest/bench_fairness.py): a quiet one next to a flood of 256 in flight, with the
+  gateway's fair queueing on and off.
 
 Writes `reports/bench/<timestamp>/`: report.md (goals, tables, CPU per image, machine),
 samples.csv, goals.csv, bench.png (throughput and p50/p99 latency against concurrency), the
@@ -57,7 +59,7 @@ from gateway.decode import DecodeLimits, InputSpec, decode_image
 from gateway.errors import GatewayError
 from gateway.wire import PredictionServiceStub, apis
 from gateway.wire import tensor as tensor_pb2
-from loadtest import bench_baseline, bench_fleet, bench_photos, bench_report, compare, machine
+from loadtest import bench_baseline, bench_fairness, bench_fleet, bench_photos, bench_report, compare, machine
 from loadtest.bench_report import (BATCH, CPU_GATEWAY, CPU_MODEL_SERVER, SERIES_BATCH, SERIES_DIRECT_BYTES,
                                    SERIES_DIRECT_PIXELS, SERIES_GATEWAY_OFF, SERIES_GATEWAY_OFF_WIDE,
                                    SERIES_GATEWAY_ON, SERIES_TRIVIAL,
@@ -73,7 +75,7 @@ REPORTS = ROOT / "reports" / "bench"
 IMAGE_BYTES_SIGNATURE = "image_bytes"
 SCORES = "scores"
 DECODE_SIZE = (640, 480)
-PARTS = ("photos", "replicas")  # what --skip can leave out
+PARTS = ("photos", "replicas", "callers")  # what --skip can leave out
 # The gateways compared, by series: the environment each runs with, on top of this process's.
 # Batching off is measured twice: with the default cap of Predict calls in flight (so only that
 # many images are at the model server at once), and with the cap lifted, which is what batching
@@ -395,6 +397,9 @@ def run(args: argparse.Namespace, report_dir: Path) -> bench_report.BenchResult:
         measure_without_load(result, args, facts, pixels, report_dir)
         with LoadGenerator(args.processes, warmup_s=args.warmup, seconds=args.seconds) as gen:
             measure_under_load(result, args, gen, server, gateways, facts, images, pixels, report_dir)
+            if "callers" not in args.skip:
+                result.fairness = bench_fairness.measure(server.grpc_target, stack.EXAMPLES_DIR / "fashion" / "bag.png",
+                                                         args.seconds, report_dir, args.verbose, progress)
             if "replicas" not in args.skip:
                 stop_gateways_and_server(server, gateways)
                 result.fleet = bench_fleet.measure(gen, args.models_dir, GATEWAYS[SERIES_GATEWAY_ON], images,

@@ -20,6 +20,7 @@ from loadtest.loadgen import LOADGEN_CPU, Sample
 from loadtest.machine import Machine
 
 if TYPE_CHECKING:
+    from loadtest.bench_fairness import FairnessResult
     from loadtest.bench_fleet import FleetResult
     from loadtest.bench_photos import PhotoResult
     from loadtest.profile import Profile
@@ -82,6 +83,7 @@ class BenchResult:
     notes: list[str] = field(default_factory=list)
     photos: "PhotoResult | None" = None
     fleet: "FleetResult | None" = None
+    fairness: "FairnessResult | None" = None
     profile: "Profile | None" = None
 
 
@@ -189,9 +191,9 @@ def goals(r: BenchResult) -> list[Goal]:
     out.append(Goal("load generator headroom: trivial endpoint vs best system figure, calls/s",
                     "n/a" if trivial is None or system_best is None else f"{trivial:,.0f} vs {system_best:,.0f}",
                     "trivial > system", None if trivial is None or system_best is None else trivial > system_best))
-    from loadtest import bench_fleet, bench_photos
+    from loadtest import bench_fairness, bench_fleet, bench_photos
 
-    return out + bench_photos.goals(r.photos) + bench_fleet.goals(r.fleet)
+    return out + bench_photos.goals(r.photos) + bench_fleet.goals(r.fleet) + bench_fairness.goals(r.fairness)
 
 
 def _finite(value: float) -> float | None:
@@ -384,9 +386,10 @@ def render(r: BenchResult, found: Sequence[Goal]) -> str:
         cpu = on.cpu_ms_per_image(CPU_GATEWAY) if on else float("nan")
         lines += [f"## Where the gateway's CPU goes (profile, {SERIES_GATEWAY_ON}, "
                   f"{headline_level(r.samples)} in flight)", "", *profile.markdown(r.profile, cpu)]
-    from loadtest import bench_fleet, bench_photos
+    from loadtest import bench_fairness, bench_fleet, bench_photos
 
     lines += bench_photos.markdown(r.photos, series_table) + bench_fleet.markdown(r.fleet, series_table)
+    lines += bench_fairness.markdown(r.fairness)
     lines += [
         "## Other measurements", "", *_sweep_table(extra), "",
     ]

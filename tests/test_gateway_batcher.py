@@ -9,7 +9,8 @@ import asyncio
 import pytest
 
 from gateway.batcher import MicroBatcher
-from gateway.errors import DeadlineExceeded, ErrorKind, GatewayError, Overloaded, ShuttingDown, Unavailable
+from gateway.errors import (DeadlineExceeded, ErrorKind, GatewayError, InvalidImage, Overloaded, ShuttingDown,
+                            Unavailable)
 
 
 class Model:
@@ -37,7 +38,8 @@ class Model:
 
 
 def batcher(model: Model, **kwargs) -> MicroBatcher:
-    options = dict(max_batch_size=4, max_wait=0.05, max_queue=64, max_concurrent=1)
+    """A batcher without the express lane (its own test below), so batch composition is all DRR."""
+    options = dict(max_batch_size=4, max_wait=0.05, max_queue=64, max_concurrent=1, express=False)
     options.update(kwargs)
     return MicroBatcher("m", model, **options)
 
@@ -109,6 +111,28 @@ def test_errors_reach_every_caller_of_the_batch():
         await asyncio.sleep(0.01)  # and that task was not left with a cancellation pending
         await b.close()
         await b2.close()
+
+    run(main())
+
+
+def test_a_row_that_is_an_error_fails_its_item_alone():
+    async def send(key, payloads, deadline):
+        return [InvalidImage("not an image") if p == "bad" else p for p in payloads]
+
+    async def main():
+        model = Model(gate=True)
+        b = batcher(model)
+        blocker = asyncio.create_task(b.submit("v1", "first", later()))
+        await settle()
+        b._send = send  # the queued items go to a send that fails one of them
+        tasks = [asyncio.create_task(b.submit("v1", p, later())) for p in ("good", "bad", "fine")]
+        await settle()
+        model.gate.set()
+        await blocker
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert [r.value for r in (results[0], results[2])] == ["good", "fine"]
+        assert isinstance(results[1], InvalidImage)
+        await b.close()
 
     run(main())
 
@@ -199,6 +223,31 @@ def test_batches_are_filled_round_robin_so_a_quiet_caller_skips_the_flood():
         await asyncio.gather(blocker, quiet, *flood)
         assert "q0" in model.batches[1], f"the quiet caller waited behind the flood: {model.batches}"
         assert model.batches[1][:2] == ["f0", "q0"] or model.batches[1][:2] == ["q0", "f0"]
+        await b.close()
+
+    run(main())
+
+
+def test_a_caller_with_nothing_in_flight_skips_the_wait_for_a_slot():
+    async def main():
+        model = Model(gate=True)
+        policy = {"nightly": (1.0, True, 0)}  # a bulk caller
+        b = batcher(model, express=True, max_concurrent=1,
+                    policy=lambda caller: policy.get(caller, (1.0, False, 0)))
+        heavy = [asyncio.create_task(b.submit("v1", f"h{i}", later(), caller="heavy")) for i in range(6)]
+        await settle()
+        assert model.batches == [["h0"]]  # the only slot: taken
+        bulk = asyncio.create_task(b.submit("v1", "b0", later(), caller="nightly"))
+        await settle()
+        assert model.batches == [["h0"]], "a bulk caller waits for a slot"
+        light = asyncio.create_task(b.submit("v1", "l0", later(), caller="light"))
+        await settle()
+        assert model.batches == [["h0"], ["l0"]], "the light caller's item should go at once, in a batch of its own"
+        again = asyncio.create_task(b.submit("v1", "h6", later(), caller="heavy"))
+        await settle()
+        assert len(model.batches) == 2, "a caller with items in flight waits for a slot like everyone"
+        model.gate.set()
+        await asyncio.gather(light, bulk, again, *heavy)
         await b.close()
 
     run(main())

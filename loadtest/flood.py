@@ -1,6 +1,6 @@
-"""A flood of Classify calls from a process of its own, for the fairness tests and bench:
+"""A flood of Classify calls from a process of its own, for the fairness test and the benchmark:
 
-    python tests/flood.py TARGET IMAGE_FILE SECONDS IN_FLIGHT CLIENT_ID
+    python -m loadtest.flood TARGET IMAGE_FILE SECONDS IN_FLIGHT CLIENT_ID
 
 keeps IN_FLIGHT calls open against the gateway at TARGET for SECONDS, as caller CLIENT_ID, and
 prints one JSON line: answers, refusals by gRPC code, p50/p99 latency in ms.
@@ -17,10 +17,8 @@ from pathlib import Path
 
 import grpc
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import gateway.generated  # noqa: E402,F401  (classifier.v1 stubs)
-from classifier.v1 import classifier_pb2 as pb  # noqa: E402
-from classifier.v1 import classifier_pb2_grpc as pb_grpc  # noqa: E402
+from imgclass_client.proto.classifier.v1 import classifier_pb2 as pb
+from imgclass_client.proto.classifier.v1 import classifier_pb2_grpc as pb_grpc
 
 
 async def flood(target: str, image: bytes, seconds: float, in_flight: int, client_id: str) -> dict:
@@ -44,7 +42,7 @@ async def flood(target: str, image: bytes, seconds: float, in_flight: int, clien
 
         await asyncio.gather(*(worker() for _ in range(in_flight)))
     ordered = sorted(latencies) or [0.0]
-    return {"answers": len(latencies), "refused": codes,
+    return {"answers": len(latencies), "answers_per_s": len(latencies) / seconds, "refused": codes,
             "p50_ms": statistics.median(ordered) * 1000, "p99_ms": ordered[int(len(ordered) * 0.99) - 1] * 1000}
 
 
