@@ -382,6 +382,21 @@ def test_photos_are_shrunk_in_the_browser_with_the_full_uploads_decision(open_pa
     expect(page.locator("#meta-upload-row")).to_be_hidden()
 
 
+def test_a_photo_of_something_else_is_not_sure_in_words_and_the_fleet_is_shown(open_page, committed_gateway):
+    from training.oodset import photos
+
+    coffee = next(p for p in photos() if "coffee" in p.name)
+    page = open_page(url=committed_gateway.http_url)
+    page.wait_for_load_state("networkidle")
+    expect(page.locator("#fleet")).to_contain_text("Model servers: 1 of 1 healthy")
+    expect(page.locator("#fleet")).to_contain_text("fashion v1 on 1")
+    page.set_input_files("#file", files=[{"name": "coffee.png", "mimeType": "image/png", "buffer": coffee.data}])
+    wait_for_answer(page)
+    assert shown_outcome(page)["confident"] is False
+    expect(page.locator("#decision-note")).to_contain_text("does not look like anything the model knows")
+    expect(page.locator("#decision-note")).to_contain_text("T-shirt/top, Trouser")
+
+
 def test_api_docs_render_offline(browser, gateway):
     """/docs is Swagger UI from the gateway's own files: with every request that leaves this machine
     blocked, the page still lists every operation of /openapi.json."""

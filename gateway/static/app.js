@@ -31,6 +31,7 @@ const ui = {
   decisionBadge: $("decision-badge"),
   decisionLabel: $("decision-label"),
   decisionNote: $("decision-note"),
+  fleet: $("fleet"),
   bars: $("bars"),
   metaModel: $("meta-model"),
   metaLatency: $("meta-latency"),
@@ -64,6 +65,7 @@ const state = {
   previewUrl: null,  // object URL of the preview, revoked when replaced
   defaultModel: "",  // the gateway's default model: the first that GET v1/models lists
   inputs: {},        // model name -> {height, width} of its input, from GET v1/fleet
+  labels: {},        // model name -> its labels, from GET v1/models (to say what it knows)
 };
 
 const percent = (score) => `${(score * 100).toFixed(1)}%`;
@@ -125,6 +127,7 @@ async function loadModels() {
   }
   renderModelChoice(models);
   state.defaultModel = models[0]?.name || "";
+  for (const m of models) state.labels[m.name] = m.labels || [];
   const ready = models.filter((m) => m.state === "AVAILABLE");
   if (ready.length === 0) setTimeout(loadModels, MODELS_RETRY_MS);
   if (models.length === 0) {
@@ -179,7 +182,9 @@ async function loadInputs() {
   try {
     const response = await fetch("v1/fleet", { headers: { accept: "application/json" } });
     if (!response.ok) return;
-    for (const [name, model] of Object.entries((await response.json()).models || {})) {
+    const fleet = await response.json();
+    showFleet(fleet);
+    for (const [name, model] of Object.entries(fleet.models || {})) {
       const versions = model.versions || [];
       const chosen = versions.find((v) => v.version === model.default_version) || versions[0];
       const size = /^(\d+)x(\d+)x\d+$/.exec(chosen?.input || "");
@@ -188,6 +193,18 @@ async function loadInputs() {
   } catch (err) {
     console.info("no model input sizes; images are sent as they are:", err.message);
   }
+}
+
+// One line under the page: how many model servers answer, and which versions they serve.
+function showFleet(fleet) {
+  const endpoints = fleet.endpoints || [];
+  if (endpoints.length === 0) return;
+  const healthy = endpoints.filter((e) => e.state === "healthy").length;
+  const versions = Object.entries(fleet.models || {}).map(([name, model]) =>
+    `${name} ${(model.versions || []).map((v) => `v${v.version} on ${v.endpoints}`).join(", ") || "not served"}`);
+  ui.fleet.textContent = `Model servers: ${healthy} of ${endpoints.length} healthy` +
+    (versions.length ? ` · ${versions.join(" · ")}` : "");
+  show(ui.fleet, true);
 }
 
 async function shrinkable(blob) {
@@ -457,14 +474,7 @@ function showOutcome(answer, timing) {
   // The server's label verbatim: for an unsure answer it is the model's uncertain label.
   ui.decisionLabel.textContent = answer.label;
   ui.decisionBadge.textContent = confident ? "Decision" : "No decision";
-  if (confident) {
-    ui.decisionNote.textContent = top ? `Score ${percent(top.score)}` : "";
-  } else if (top) {
-    ui.decisionNote.textContent =
-      `The scores do not pass the model's thresholds. Best guess: ${top.label} (${percent(top.score)}).`;
-  } else {
-    ui.decisionNote.textContent = "The scores do not pass the model's thresholds.";
-  }
+  ui.decisionNote.textContent = confident ? (top ? `Score ${percent(top.score)}` : "") : whyNotSure(answer);
 
   ui.bars.replaceChildren(...predictions.map((p, i) => barRow(p, i === 0 && confident)));
 
@@ -479,6 +489,29 @@ function showOutcome(answer, timing) {
   announce(confident
     ? `Decision: ${answer.label}, score ${percent(top?.score ?? 0)}.`
     : `${answer.label}. Best guess ${top ? `${top.label}, ${percent(top.score)}` : "none"}.`);
+}
+
+// Why an answer is "not sure", in words: the gateway says which rule decided (answer.reason).
+function whyNotSure(answer) {
+  const [top, second] = answer.predictions || [];
+  const guess = top ? ` Best guess: ${top.label} (${percent(top.score)}).` : "";
+  switch (answer.reason) {
+    case "OUT_OF_DISTRIBUTION": {
+      const known = state.labels[answer.model] || [];
+      const list = known.length > 8 ? `${known.slice(0, 8).join(", ")}, …` : known.join(", ");
+      return "This does not look like anything the model knows" + (list ? ` (it knows: ${list}).` : ".");
+    }
+    case "SMALL_MARGIN":
+      return top && second
+        ? `Too close to call: ${top.label} (${percent(top.score)}) or ${second.label} (${percent(second.score)}).`
+        : "Too close to call." + guess;
+    case "LOW_SCORE":
+      return "No class scores high enough." + guess;
+    case "IN_BAND":
+      return "The score lies in the model's \"not sure\" band." + guess;
+    default:
+      return "The scores do not pass the model's thresholds." + guess;
+  }
 }
 
 function barRow(prediction, chosen) {
