@@ -13,7 +13,7 @@ PROTO_SRC := $(shell find protos -name '*.proto' | sort)
 HOST ?=
 ARGS ?=
 
-.PHONY: help install system-deps up demo test check protos train train-full k8s-check loadtest bench clean
+.PHONY: help install system-deps up demo test test-fast check protos train train-full k8s-check loadtest bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ demo: install ## start the stack, classify the bundled examples over gRPC and RE
 
 test: install check k8s-check ## the whole test suite (what .ci/run calls)
 	$(PY) -m pytest
+
+test-fast: install ## the in-process unit layer only (batcher, routing, thresholds, ...): seconds
+	$(PY) -m pytest -m unit -q
 
 check: install ## fail when generated gRPC stubs are stale or the API fails buf lint / buf breaking
 	$(PY) -m tools.protos --check

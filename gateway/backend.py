@@ -206,7 +206,7 @@ class Endpoint:
         return Unavailable(f"the model server failed the request ({code.name})")
 
 
-# -- the messages: built and read here, so tests/test_wire_compat.py can check them byte for byte ----
+# -- the messages: built and read here, so tests/gateway/test_wire_compat.py can check them byte for byte ----
 
 def predict_request(name: str, version: int, input_name: str, pixels: bytes, count: int,
                     spec: InputSpec, output: str | tuple[str, ...]) -> apis.PredictRequest:

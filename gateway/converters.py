@@ -9,9 +9,7 @@ carries; an error is the same code, reason, message and retry hint on both trans
 from __future__ import annotations
 
 import struct
-
-import gateway.generated  # noqa: F401  (puts the generated tree on sys.path)
-from classifier.v1 import classifier_pb2 as pb
+from imgclass_client.proto.classifier.v1 import classifier_pb2 as pb
 
 from gateway.types import Classification, ImageRequest, ModelSummary
 from gateway.errors import GatewayError

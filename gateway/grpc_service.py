@@ -23,10 +23,8 @@ from typing import AsyncIterator
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
-
-import gateway.generated  # noqa: F401  (puts the generated tree on sys.path)
-from classifier.v1 import classifier_pb2 as pb
-from classifier.v1 import classifier_pb2_grpc as pb_grpc
+from imgclass_client.proto.classifier.v1 import classifier_pb2 as pb
+from imgclass_client.proto.classifier.v1 import classifier_pb2_grpc as pb_grpc
 
 from gateway import converters
 from gateway.auth import AUTHORIZATION, ApiKeyAuth

@@ -2,7 +2,7 @@
 
 The handlers answer with the JSON of gateway/converters.py (and errors with GatewayError.to_body);
 the models here describe that JSON for /docs and for client generators. They forbid extra fields,
-their examples are made by the converters and by `to_body` themselves, and tests/test_gateway_rest.py
+their examples are made by the converters and by `to_body` themselves, and tests/gateway/test_gateway_rest.py
 validates every example and real answers against the schemas the gateway serves, so the two
 cannot drift apart unnoticed. The enumerations (error codes and reasons, decision reasons) are
 taken from gateway/errors.py and gateway/thresholds.py.

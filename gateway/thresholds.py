@@ -1,4 +1,4 @@
-"""The answer rules: how a model's scores become a decision (CONTRACT §4).
+"""The answer rules: how a model's scores become a decision (README, "Decisions").
 
 Pure and lean (pydantic + stdlib): the gateway applies these rules to every answer, and tests apply
 the very same function to scores computed in-process with TensorFlow, so "the gateway's decision"

@@ -13,7 +13,7 @@ CPU time. Requests are built before the clock starts, so the loop only sends. `P
 time and the gateway's metrics).
 
 Worker processes speak the TF Serving API through the gateway's wire-compatible subset
-(gateway/wire.py) and never import TensorFlow (see the process rule in tests/conftest.py).
+(gateway/wire.py) and never import TensorFlow, so they stay small and start fast.
 """
 
 from __future__ import annotations
@@ -97,8 +97,7 @@ def _requests(work: Workload) -> list:
 
         return [health_pb2.HealthCheckRequest(service="")]
     if work.kind == "classify":
-        import gateway.generated  # noqa: F401
-        from classifier.v1 import classifier_pb2
+        from imgclass_client.proto.classifier.v1 import classifier_pb2
 
         return [classifier_pb2.ClassifyRequest(model=work.model, image=p) for p in work.payloads]
     from gateway import tensors
@@ -124,8 +123,7 @@ def _method(work: Workload, channel):
 
         return health_pb2_grpc.HealthStub(channel).Check
     if work.kind == "classify":
-        import gateway.generated  # noqa: F401
-        from classifier.v1 import classifier_pb2_grpc
+        from imgclass_client.proto.classifier.v1 import classifier_pb2_grpc
 
         return classifier_pb2_grpc.ClassifierStub(channel).Classify
     from gateway.wire import PredictionServiceStub
@@ -189,9 +187,7 @@ def _import_clients() -> None:
     """Pool initializer: pay the import cost before any measurement starts."""
     import grpc  # noqa: F401
     from grpc_health.v1 import health_pb2_grpc  # noqa: F401
-
-    import gateway.generated  # noqa: F401
-    from classifier.v1 import classifier_pb2_grpc  # noqa: F401
+    from imgclass_client.proto.classifier.v1 import classifier_pb2_grpc  # noqa: F401
     from gateway import tensors  # noqa: F401
     from gateway.wire import PredictionServiceStub  # noqa: F401
 

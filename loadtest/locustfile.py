@@ -42,10 +42,8 @@ import urllib3  # noqa: E402
 from locust import FastHttpUser, LoadTestShape, constant, events, task  # noqa: E402
 from locust.runners import MasterRunner, WorkerRunner  # noqa: E402
 from locust.stats import StatsEntry  # noqa: E402
-
-import gateway.generated  # noqa: E402,F401  (puts the classifier.v1 stubs on sys.path)
-from classifier.v1 import classifier_pb2 as pb  # noqa: E402
-from classifier.v1 import classifier_pb2_grpc as pb_grpc  # noqa: E402
+from imgclass_client.proto.classifier.v1 import classifier_pb2 as pb  # noqa: E402
+from imgclass_client.proto.classifier.v1 import classifier_pb2_grpc as pb_grpc  # noqa: E402
 from loadtest import options as load_options  # noqa: E402
 from loadtest import shapes, slo, summary  # noqa: E402
 from loadtest.checks import Answer, Catalogue, InvalidAnswer, check_answer, check_count  # noqa: E402

@@ -36,9 +36,7 @@ from typing import Iterator, Mapping
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-import gateway.generated  # noqa: F401  (puts the classifier.v1 stubs on sys.path)
-from classifier.v1 import classifier_pb2, classifier_pb2_grpc
+from imgclass_client.proto.classifier.v1 import classifier_pb2, classifier_pb2_grpc
 from loadtest import baseline, compare, machine, options, plots, scrape, slo, summary
 from tools import stack
 

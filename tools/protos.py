@@ -15,7 +15,7 @@ Stub trees (TARGETS):
       serialized FileDescriptorSet: gateway/wire.py builds its messages in a private descriptor pool
       from it, so a process can hold the gateway and TensorFlow's own stubs of the same names.
 
-Everything else imports classifier.v1 from the client distribution's stubs.
+The gateway, the load tests and the tests import classifier.v1 from the client distribution's stubs.
 
 google/rpc/status.proto comes from googleapis-common-protos (its .proto files ship in the wheel):
 it is on protoc's include path, and its stubs are that package's, never generated here.
@@ -64,7 +64,6 @@ class Target:
 TARGETS = (
     Target(ROOT / "clients" / "python" / "src" / "imgclass_client" / "proto", (API_PROTO,),
            package="imgclass_client.proto", keep=frozenset()),
-    Target(ROOT / "gateway" / "generated", (API_PROTO,), keep=frozenset({"__init__.py", "tfserving_wire.py"})),
 )
 WIRE_PROTO = "tfserving_wire/serving_apis.proto"
 WIRE_MODULE = ROOT / "gateway" / "generated" / "tfserving_wire.py"

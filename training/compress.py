@@ -3,7 +3,7 @@
 A SavedModel's size is almost all weights. A `WeightCodec` stores each large weight tensor in a
 narrower type and the serving function turns it back into float32 before the unchanged float32
 computation runs (Keras' `stateless_call` with the decoded tensors), so the model server needs no
-special kernels, CPU or GPU, and the signatures stay exactly as CONTRACT §3 says.
+special kernels, CPU or GPU, and the signatures stay exactly as docs/architecture.md says.
 
 * `float16`: every weight cast to half precision; 2x smaller, scores within ~1e-3.
 * `int8`: symmetric post-training weight quantization with one float32 scale per output channel

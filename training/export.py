@@ -1,4 +1,4 @@
-"""Exporting a trained model as `models/<name>/<version>/`, the way CONTRACT §3 describes.
+"""Exporting a trained model as `models/<name>/<version>/`, as docs/architecture.md ("The model directory contract") describes.
 
 The SavedModel wraps the Keras model in two signatures:
 
