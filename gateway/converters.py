@@ -8,11 +8,11 @@ carries; an error is the same code, reason, message and retry hint on both trans
 
 from __future__ import annotations
 
-import struct
 from imgclass_client.proto.classifier.v1 import classifier_pb2 as pb
 
 from gateway.types import Classification, ImageRequest, ModelSummary
 from gateway.errors import GatewayError
+from gateway.thresholds import f32
 from gateway.status import error_to_status
 
 # ModelInfo.state_code for the state names the fleet reports.
@@ -22,10 +22,6 @@ _STATE_CODES = {"START": pb.ModelInfo.STATE_START, "LOADING": pb.ModelInfo.STATE
                 "NOT_FOUND": pb.ModelInfo.STATE_NOT_SERVED, "UNUSABLE": pb.ModelInfo.STATE_UNUSABLE}
 
 Outcome = Classification | GatewayError
-
-
-def _f32(value: float) -> float:
-    return struct.unpack("<f", struct.pack("<f", value))[0]
 
 
 def input_from_proto(request: pb.ClassifyRequest, route_key: str | None = None, caller: str = "") -> ImageRequest:
@@ -57,7 +53,7 @@ def classification_to_json(result: Classification) -> dict:
     return {
         "model": result.model, "model_version": result.version, "label": d.label,
         "confident": d.confident, "reason": d.reason,
-        "predictions": [{"label": p.label, "score": _f32(p.score)} for p in d.predictions],
+        "predictions": [{"label": p.label, "score": f32(p.score)} for p in d.predictions],
     }
 
 

@@ -1,6 +1,6 @@
 """The gateway's data plane, free of any transport: classify images, list models, readiness.
 
-The gRPC servicer and the REST routes are thin adapters over `ClassifierService`; everything that
+The gRPC servicer and the REST routes are thin adapters over `GatewayCore`; everything that
 decides an answer happens here, in explicit stages, each timed:
 
     route (gateway/registry.py: which model version)  ->  decode (Pillow, bounded pool, for that
@@ -39,7 +39,7 @@ from gateway.types import Classification, ImageRequest, ModelSummary, Readiness,
 log = logging.getLogger(__name__)
 
 
-class ClassifierService:
+class GatewayCore:
     def __init__(self, settings: Settings, fleet: Fleet, registry: ModelRegistry,
                  decoder: Decoder, metrics: Metrics):
         self._settings = settings

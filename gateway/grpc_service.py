@@ -29,7 +29,7 @@ from imgclass_client.proto.classifier.v1 import classifier_pb2_grpc as pb_grpc
 from gateway import converters
 from gateway.auth import AUTHORIZATION, ApiKeyAuth
 from gateway.callers import CLIENT_ID_HEADER, grpc_peer_address, identify
-from gateway.core import ClassifierService
+from gateway.core import GatewayCore
 from gateway.types import ImageRequest
 from gateway.errors import GatewayError, as_gateway_error
 from gateway.grpc_interceptors import GRPC_HARD_LIMIT_FACTOR, AuthInterceptor, MessageGuard
@@ -49,7 +49,7 @@ REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 
 
 class ClassifierServicer(pb_grpc.ClassifierServicer):
-    def __init__(self, service: ClassifierService, metrics: Metrics, auth: ApiKeyAuth, stream_window: int):
+    def __init__(self, service: GatewayCore, metrics: Metrics, auth: ApiKeyAuth, stream_window: int):
         self._service = service
         self._metrics = metrics
         self._auth = auth
@@ -208,7 +208,7 @@ class DrainingHealthServicer(health.aio.HealthServicer):
             await super().Watch(request, _EndWhenDrained(context, self))
 
 
-async def create_grpc_server(settings: Settings, service: ClassifierService, registry: ModelRegistry,
+async def create_grpc_server(settings: Settings, service: GatewayCore, registry: ModelRegistry,
                              metrics: Metrics, auth: ApiKeyAuth) -> tuple[grpc.aio.Server, int, DrainingHealthServicer]:
     """The gRPC server, bound (not started): returns it with its port and the health servicer.
 

@@ -35,7 +35,7 @@ ReadinessListener = Callable[[bool], Awaitable[None]]
 
 
 @dataclass
-class ModelEntry:
+class FrontedModel:
     name: str
     settings: ModelSettings
     canary: TrafficSplit = field(init=False)
@@ -61,7 +61,7 @@ class ModelRegistry:
         self._fleet = fleet
         self._metrics = metrics
         self.default_model = settings.default_model
-        self._entries = {name: ModelEntry(name, settings.model_settings(name)) for name in settings.model_names}
+        self._entries = {name: FrontedModel(name, settings.model_settings(name)) for name in settings.model_names}
         self._listeners: list[ReadinessListener] = []
         self._draining = False
         self._ready = False
@@ -83,10 +83,10 @@ class ModelRegistry:
     def draining(self) -> bool:
         return self._draining
 
-    def entries(self) -> list[ModelEntry]:
+    def entries(self) -> list[FrontedModel]:
         return list(self._entries.values())
 
-    def entry(self, name: str) -> ModelEntry:
+    def entry(self, name: str) -> FrontedModel:
         try:
             return self._entries[name]
         except KeyError:

@@ -20,7 +20,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from gateway.auth import ApiKeyAuth
-from gateway.core import ClassifierService
+from gateway.core import GatewayCore
 from gateway.metrics import Metrics
 from gateway.rest_middleware import RequestMiddleware, install_error_handlers, quiet_probes
 from gateway.rest_openapi import add_docs, install_openapi
@@ -36,7 +36,7 @@ DESCRIPTION = (
     "`metadata` where it helps; programs branch on `reason`, never on the message.")
 
 
-def create_app(settings: Settings, service: ClassifierService, metrics: Metrics,
+def create_app(settings: Settings, service: GatewayCore, metrics: Metrics,
                auth: ApiKeyAuth | None = None, static_dir: Path = STATIC_DIR) -> FastAPI:
     auth = auth if auth is not None else ApiKeyAuth(())
     app = FastAPI(title="Image classifier gateway", description=DESCRIPTION, version="1",

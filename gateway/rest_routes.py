@@ -24,7 +24,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Res
 from fastapi.staticfiles import StaticFiles
 
 from gateway import converters
-from gateway.core import ClassifierService
+from gateway.core import GatewayCore
 from gateway.types import ImageRequest
 from gateway.errors import GatewayError
 from gateway.logs import RequestRecord
@@ -57,7 +57,7 @@ class ClassifyQuery:
 QueryOf = Annotated[ClassifyQuery, Depends()]
 
 
-def add_routes(app: FastAPI, settings: Settings, service: ClassifierService, metrics: Metrics,
+def add_routes(app: FastAPI, settings: Settings, service: GatewayCore, metrics: Metrics,
                static_dir: Path) -> None:
     single = dict(response_model=ClassifyOut, openapi_extra={**image_body(settings.allowed_formats),
                                                              **CLASSIFY_PARAMETERS},

@@ -34,7 +34,7 @@ import uvicorn
 import yaml
 
 from gateway.auth import ApiKeyAuth
-from gateway.core import ClassifierService
+from gateway.core import GatewayCore
 from gateway.decode import DecodeLimits, Decoder, install_pillow_guards
 from gateway.fleet import Fleet
 from gateway.grpc_service import create_grpc_server
@@ -106,7 +106,7 @@ async def serve(settings: Settings, flags: dict | None = None) -> int:
     registry = ModelRegistry(fleet, settings, metrics)
     decoder = Decoder(settings.decode_workers, settings.max_pending_decodes,
                       DecodeLimits(tuple(settings.allowed_formats), settings.max_image_pixels))
-    service = ClassifierService(settings, fleet, registry, decoder, metrics)
+    service = GatewayCore(settings, fleet, registry, decoder, metrics)
 
     async def apply(fresh: Settings) -> None:
         registry.update(fresh)

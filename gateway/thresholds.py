@@ -39,7 +39,7 @@ IN_BAND = "IN_BAND"
 REASONS = (CONFIDENT, OUT_OF_DISTRIBUTION, LOW_SCORE, SMALL_MARGIN, IN_BAND)
 
 
-def _f32(value: float) -> float:
+def f32(value: float) -> float:
     """Round a Python float to the nearest float32, the precision scores travel in."""
     return struct.unpack("<f", struct.pack("<f", value))[0]
 
@@ -122,8 +122,8 @@ def out_of_distribution(ood_score: float | None, ood_threshold: float | None, gu
     limit = guard.max_score if guard.max_score is not None else ood_threshold
     if limit is None:
         return False
-    score = _f32(ood_score)
-    return score != score or score > _f32(limit)
+    score = f32(ood_score)
+    return score != score or score > f32(limit)
 
 
 def decide(labels: Sequence[str], scores: Sequence[float], thresholds: Thresholds,
@@ -153,20 +153,20 @@ def decide(labels: Sequence[str], scores: Sequence[float], thresholds: Threshold
 
 def _binary_label(labels: Sequence[str], scores: Sequence[float], band: BinaryBand) -> tuple[str | None, str]:
     positive = labels.index(band.positive_label) if band.positive_label is not None else 1
-    score = _f32(scores[positive])
-    if score > _f32(band.upper):
+    score = f32(scores[positive])
+    if score > f32(band.upper):
         return labels[positive], CONFIDENT
-    if score < _f32(band.lower):
+    if score < f32(band.lower):
         return labels[1 - positive], CONFIDENT
     return None, IN_BAND
 
 
 def _multiclass_label(labels: Sequence[str], scores: Sequence[float], rule: MulticlassRule) -> tuple[str | None, str]:
     ranked = sorted(range(len(scores)), key=lambda i: -scores[i])
-    top1 = _f32(scores[ranked[0]])
-    top2 = _f32(scores[ranked[1]]) if len(ranked) > 1 else 0.0
-    if top1 < _f32(rule.min_score):
+    top1 = f32(scores[ranked[0]])
+    top2 = f32(scores[ranked[1]]) if len(ranked) > 1 else 0.0
+    if top1 < f32(rule.min_score):
         return None, LOW_SCORE
-    if _f32(top1 - top2) < _f32(rule.min_margin):
+    if f32(top1 - top2) < f32(rule.min_margin):
         return None, SMALL_MARGIN
     return labels[ranked[0]], CONFIDENT

@@ -83,7 +83,3 @@ class LoadedModel:
 
     def signature(self, name: str) -> Signature | None:
         return self._signatures.get(name)
-
-    @property
-    def signature_names(self) -> list[str]:
-        return sorted(self._signatures)

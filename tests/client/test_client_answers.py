@@ -46,7 +46,7 @@ def test_one_bad_image_among_eight_fails_alone_in_batch_and_stream(client):
 def test_reasons_tell_never_retry_from_retry_later(served, client):
     with pytest.raises(TooLarge) as too_many:
         client.classify_batch([example("bag.png")] * 65)
-    assert too_many.value.reason == "TOO_MANY_EXAMPLES" and too_many.value.retry_after is None
+    assert too_many.value.reason == "TOO_MANY_IMAGES" and too_many.value.retry_after is None
     # A gateway with room for one waiting image: a burst from one caller is refused with a hint.
     gw = stack.start_gateway(backend=served.server.grpc_target,
                              extra_args=["--max-queue=1", "--max-pending-decodes=1", "--max-concurrent-batches=1"])
