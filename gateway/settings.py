@@ -177,10 +177,11 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0,
                                description="longest a request waits for others to fill its batch "
                                            "(only while another batch is in flight: an idle model sends at once)")
-    max_concurrent_batches: int = Field(2, ge=1, le=256,
+    max_concurrent_batches: int = Field(4, ge=1, le=256,
                                         description="Predict calls in flight per model and model server endpoint; "
                                                     "further requests queue (and batch) in the gateway, where fair "
-                                                    "queueing applies: keep it near the model server's batch threads")
+                                                    "queueing applies (lower it to what a model server runs at once "
+                                                    "to keep callers apart under overload)")
     max_queue: int = Field(256, ge=1, le=100_000,
                            description="requests waiting for a batch, per model; beyond it the caller with the "
                                        "most waiting is refused (RESOURCE_EXHAUSTED/429), never a quieter one")

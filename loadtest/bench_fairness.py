@@ -100,7 +100,8 @@ def measure(model_server_target: str, image_file: Path, seconds: float, report_d
                                      extra_args=["--max-concurrent-batches=1"], echo=echo,
                                      log_path=report_dir / f"gateway-fairness-{k}.log")
             stop.callback(gw.process.stop)
-            quiet(gw.grpc_target, image, 0.5)  # warm up
+            quiet(gw.grpc_target, image, 0.5)  # warm up, the model server too (the first mode would pay it)
+            flood_figures(start_flood(gw.grpc_target, image_file, 1.0), 1.0)
             figures = result.figures[mode] = {}
             progress(f"{mode}: the quiet caller alone ...")
             figures["quiet alone"] = quiet(gw.grpc_target, image, seconds)
