@@ -90,6 +90,7 @@ class Fleet:
         self._infos: dict[tuple[str, int], ServedVersion] = {}
         self._unusable: dict[tuple[str, int], tuple[str, float]] = {}
         self._listeners: list[Callable[[], None]] = []
+        self._served: dict[str, dict[str, frozenset[int]]] = {}  # model -> served(model), until a change
         self._polling: asyncio.Task | None = None
         self._resolve_now = asyncio.Event()
         self._closing: set[asyncio.Task] = set()
@@ -106,13 +107,18 @@ class Fleet:
         self._listeners.append(listener)
 
     def served(self, model: str) -> dict[str, frozenset[int]]:
-        """For each healthy endpoint that serves `model`: the versions it serves that the gateway can use."""
+        """For each healthy endpoint that serves `model`: the versions it serves that the gateway can
+        use. Asked by every request: kept until the fleet changes (`_changed`)."""
+        cached = self._served.get(model)
+        if cached is not None:
+            return cached
         out = {}
         for member in self.members.values():
             if member.health.healthy and member.polled:
                 usable = frozenset(v for v in member.available(model) if (model, v) in self._infos)
                 if usable:
                     out[member.address] = usable
+        self._served[model] = out
         return out
 
     def info(self, model: str, version: int) -> ServedVersion:
@@ -421,6 +427,7 @@ class Fleet:
         self._changed()
 
     def _changed(self) -> None:
+        self._served.clear()
         healthy = self.healthy_count
         self._metrics.endpoints.labels("healthy").set(healthy)
         self._metrics.endpoints.labels("ejected").set(len(self.members) - healthy)
