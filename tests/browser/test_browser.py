@@ -5,8 +5,8 @@ Playwright for Python; Playwright's own browser downloads are never used. The pa
 to the session's gateway (conftest `gateway`, in front of a real model server), and every answer it
 shows is checked against the REST API's answer for the same bytes, fetched here with httpx.
 
-`UPDATE_SCREENSHOT=1 pytest tests/browser/test_browser.py` also refreshes docs/screenshot.png (the README's
-picture of the page); otherwise screenshots go to pytest's temporary directory only.
+Screenshots go to pytest's temporary directory (the page here serves the session's quickly trained
+model); `python -m tools.screenshot` refreshes the README's picture from the committed model.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -24,15 +23,10 @@ from playwright.sync_api import expect, sync_playwright
 
 from loadtest.photos import camera_photo
 from tools import stack
+from tools.screenshot import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
-SCREENSHOT = ROOT / "docs" / "screenshot.png"
-CHROMIUM = Path("/usr/bin/chromium")
-# Headless and quiet: no sandbox (CI runs as root), no GPU, no calls home.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 DESKTOP = {"width": 1100, "height": 820}
 ANSWER_TIMEOUT_MS = 30_000  # the first answer may wait for a cold model
 
@@ -145,9 +139,6 @@ def assert_matches_rest(shown: dict, answer: dict) -> None:
 def save_screenshot(page, tmp_path: Path) -> Path:
     path = tmp_path / "page.png"
     page.screenshot(path=path, full_page=True)
-    if os.environ.get("UPDATE_SCREENSHOT") == "1":
-        SCREENSHOT.parent.mkdir(exist_ok=True)
-        shutil.copyfile(path, SCREENSHOT)
     return path
 
 
