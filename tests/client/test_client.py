@@ -31,14 +31,6 @@ EXPECTED = {"ankle-boot.png": "Ankle boot", "bag.png": "Bag", "trouser.png": "Tr
 
 
 @pytest.fixture(scope="module")
-def served():
-    """The committed model (accurate decisions) behind a gateway, for this module's tests."""
-    both = stack.start_stack()
-    yield both
-    both.stop()
-
-
-@pytest.fixture(scope="module")
 def model_server(served):
     return served.server
 

@@ -15,13 +15,6 @@ from tools import stack
 
 
 @pytest.fixture(scope="module")
-def served():
-    both = stack.start_stack()
-    yield both
-    both.stop()
-
-
-@pytest.fixture(scope="module")
 def client(served):
     with ClassifierClient(served.gateway.grpc_target) as grpc_client:
         yield grpc_client
