@@ -43,14 +43,12 @@ from gateway.metrics import Metrics
 from gateway.registry import ModelRegistry
 from gateway.reload import SettingsReloader
 from gateway.rest import create_app
-from gateway.settings import Settings, SettingsError, env_name, flag_name, load_settings
+from gateway.settings import NOT_FLAGS, Settings, SettingsError, env_name, flag_name, load_settings
 from gateway.tls import TlsConfigError, backend_credentials, uvicorn_ssl_options
 from gateway.tracing import start_tracing
 from gateway.workers import is_worker, supervise
 
 log = logging.getLogger(__name__)
-
-_NOT_FLAGS = {"models", "callers"}  # nested: YAML or environment only
 
 
 class _EmbeddedUvicorn(uvicorn.Server):
@@ -186,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="The classifier gateway: classifier.v1 over gRPC and REST in front of a TF Serving "
                     "model server. Precedence: flags > GATEWAY_* environment > --config YAML > defaults.")
     for name, field in Settings.model_fields.items():
-        if name in _NOT_FLAGS:
+        if name in NOT_FLAGS:
             continue
         default = field.get_default(call_default_factory=True)
         parser.add_argument(flag_name(name), dest=name, default=argparse.SUPPRESS, metavar=name.upper(),

@@ -157,8 +157,9 @@ class Settings(BaseSettings):
                                  "round_robin channel over the whole target, every replica assumed to serve the "
                                  "same versions (behind a service mesh that balances itself)")
     config_reload_seconds: float = Field(5.0, ge=0, description="how often the --config file is checked for "
-                                         "changes (also on SIGHUP); models.* and backend apply without a "
-                                         "restart; 0: only on SIGHUP")
+                                         "changes (also on SIGHUP); models.* (of the models already fronted), "
+                                         "backend, callers, max_queue_per_caller and fair_queueing apply "
+                                         "without a restart; 0: only on SIGHUP")
     host: str = Field("127.0.0.1", description="address to bind both ports to (0.0.0.0 in containers)")
     workers: int = Field(1, ge=1, le=64, description="gateway processes sharing both ports (SO_REUSEPORT), "
                                                       "each with its own batcher and metrics; 1 per pod and more "
@@ -393,6 +394,9 @@ class _YamlFileSource(PydanticBaseSettingsSource):
 
 def env_name(field: str) -> str:
     return ENV_PREFIX + field.upper()
+
+
+NOT_FLAGS = frozenset({"models", "callers"})  # nested: the YAML file or the environment only
 
 
 def flag_name(field: str) -> str:

@@ -83,7 +83,8 @@ ACCEPTED_WITHOUT_EFFECT = frozenset({
 # Where python -m serving differs from tensorflow_model_server on purpose, one line each.
 DEVIATIONS = (
     "binds 127.0.0.1 unless --bind_address says otherwise (the real binary listens on all interfaces)",
-    "--port=0 and --rest_api_port=0 pick a free port and log it (the real binary disables that API)",
+    "--port=0 and --rest_api_port=0 pick a free port and log it (for --port=0 the real binary serves gRPC on "
+    "--grpc_socket_path only, and refuses to start without one; --rest_api_port=0 turns REST off)",
     "SIGTERM drains in-flight requests for --shutdown_grace_period_seconds, then exits 0",
     "float outputs in REST answers are the shortest text that reads back as the same float32",
     "JSON numbers beyond the double range read as infinity, lone UTF-16 surrogate escapes are kept "

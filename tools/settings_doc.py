@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from gateway.settings import ModelSettings, Settings, env_name, flag_name
+from gateway.settings import NOT_FLAGS, ModelSettings, Settings, env_name, flag_name
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BEGIN, END = "<!-- settings:begin (python -m tools.settings_doc --write) -->", "<!-- settings:end -->"
@@ -44,7 +44,8 @@ def _cell(text: str) -> str:
 def gateway_table() -> str:
     rows = ["| setting | flag | environment | default | meaning |", "|---|---|---|---|---|"]
     for name, field in Settings.model_fields.items():
-        rows.append(f"| `{name}` | `{flag_name(name)}` | `{env_name(name)}` | `{_default(field)}` "
+        flag = "– (YAML or environment)" if name in NOT_FLAGS else f"`{flag_name(name)}`"
+        rows.append(f"| `{name}` | {flag} | `{env_name(name)}` | `{_default(field)}` "
                     f"| {_cell(field.description or '')} |")
     return "\n".join(rows)
 

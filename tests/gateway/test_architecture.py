@@ -15,8 +15,8 @@ GATEWAY = ROOT / "gateway"
 
 # Layer by layer, from the innermost; the same table is in docs/architecture.md.
 LAYERS = [
-    {"types", "errors", "settings", "thresholds", "targets", "routing", "callers", "resilience", "workers"},
-    {"batcher", "decode", "tensors", "wire", "status", "metrics", "logs", "auth", "tls", "tracing", "generated"},
+    {"types", "errors", "settings", "thresholds", "targets", "routing", "callers", "resilience"},
+    {"batcher", "decode", "tensors", "wire", "status", "metrics", "logs", "auth", "tls", "tracing", "workers", "generated"},
     {"backend", "fleet"},
     {"registry", "shadow", "core"},
     {"converters", "grpc_interceptors", "grpc_service", "rest", "rest_routes", "rest_requests", "rest_middleware",

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
 from gateway.settings import ModelSettings, Settings, SettingsError, load_settings
 
@@ -103,6 +104,29 @@ def test_example_config_is_valid_and_documents_every_setting():
     text = EXAMPLE.read_text()
     undocumented = [name for name in Settings.model_fields if name != "config" and f"{name}:" not in text]
     assert not undocumented, f"config.example.yaml lacks {undocumented}"
+    fashion = yaml.safe_load(text)["models"]["fashion"]
+    missing = [key for key in _keys(ModelSettings) if not _has(fashion, key.split("."))]
+    assert not missing, f"config.example.yaml's models.fashion lacks {missing}"
+
+
+def _keys(model, prefix: str = "") -> list[str]:
+    """Every leaf key of a settings model, dotted (thresholds.ood.max_score, ...)."""
+    out = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            out += _keys(annotation, f"{prefix}{name}.")
+        else:
+            out.append(f"{prefix}{name}")
+    return out
+
+
+def _has(mapping: dict, path: list[str]) -> bool:
+    for part in path:
+        if not isinstance(mapping, dict) or part not in mapping:
+            return False
+        mapping = mapping[part]
+    return True
 
 
 def test_bad_settings_stop_start_up_with_a_clear_message():
