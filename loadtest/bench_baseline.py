@@ -6,13 +6,16 @@ this run's report.md. Generic on purpose, so new series and new columns need no 
 
 * rows are matched on `series`, `concurrency` and any other text column; rows on one side only
   are listed, not judged;
-* a numeric column ending in `_per_s` is a rate (higher is better), one containing `_ms` a
-  latency (lower is better), `errors` (`CODE=n;...`) the failed share of `calls`; other columns
-  (settings such as `processes`) are not compared;
-* goals are matched by name, parenthesised details aside; one met in the baseline and missed now
-  is a regression;
-* for a regressed row, the latency column other than the percentiles that grew most (a stage
-  column, once samples.csv has them) is named as where the time went.
+* a numeric column ending in `_per_s` is a rate (higher is better); one ending in `_per_image`
+  (the CPU columns) a cost, lower is better, judged by the percentage alone (a millisecond floor
+  would hide a CPU cost that tripled); any other containing `_ms` a latency (lower is better, by
+  the percentage and the `ms` floor); `errors` (`CODE=n;...`) the failed share of `calls`; the
+  gateway's stage columns (`stage_<stage>_ms`) and other columns (`mean_batch`, settings such as
+  `processes`) are shown where useful but not judged;
+* goals are matched by name, parenthesised details aside; one met in the baseline and missed,
+  not measured or absent now is a regression; goals on one side only are listed;
+* for a regressed row, the stage column that grew most (from the gateway's /metrics) is named as
+  where the time went; runs without stage columns name none.
 
 `check` raises BaselineError for a baseline that cannot be read, before the benchmark starts.
 """
@@ -32,7 +35,6 @@ from loadtest.baseline import BaselineError
 SAMPLES, GOALS, REPORT = "samples.csv", "goals.csv", "report.md"
 KEY_COLUMNS = ("series", "concurrency")
 ERRORS, CALLS = "errors", "calls"
-PERCENTILE = re.compile(r"^p\d+(\.\d+)?_ms$")
 
 
 def folder_of(path: Path | str) -> Path:
@@ -63,12 +65,25 @@ def check(path: Path | str) -> Path:
     return folder
 
 
+PER_IMAGE, STAGE = "_per_image", "stage_"
+
+
 def direction(column: str) -> str | None:
+    """How a samples.csv column is judged: a rate, a cost or latency, or (None) not at all."""
     if column.endswith("_per_s"):
         return cmp.HIGHER_BETTER
-    if "_ms" in column:
+    if column.startswith(STAGE):
+        return None  # explains a regression (`_where`), is not one
+    if column.endswith(PER_IMAGE) or "_ms" in column:
         return cmp.LOWER_BETTER
     return None
+
+
+def unit(column: str) -> str:
+    """The unit a judged column is compared in; only `ms` brings the tolerance's millisecond floor."""
+    if column.endswith(PER_IMAGE):
+        return "ms/img"
+    return "ms" if direction(column) == cmp.LOWER_BETTER else "/s"
 
 
 def _is_number(text: str) -> bool:
@@ -82,7 +97,7 @@ def _is_number(text: str) -> bool:
 def key_columns(rows: Sequence[Mapping[str, str]]) -> list[str]:
     if not rows:
         return list(KEY_COLUMNS)
-    text = [c for c in rows[0] if c != ERRORS and direction(c) is None
+    text = [c for c in rows[0] if c != ERRORS and direction(c) is None and not c.startswith(STAGE)
             and any(r.get(c) and not _is_number(r[c]) for r in rows)]
     return list(dict.fromkeys([*(c for c in KEY_COLUMNS if c in rows[0]), *text]))
 
@@ -105,11 +120,11 @@ def _error_share(row: Mapping[str, str] | None) -> float | None:
 
 
 def _where(now: Mapping[str, str], base: Mapping[str, str]) -> str | None:
-    """The non-percentile latency column that grew most, e.g. a gateway stage."""
+    """The gateway stage column (`stage_<stage>_ms`) that grew most; CPU columns are costs, not time."""
     grown = []
     for column in now:
-        if direction(column) == cmp.LOWER_BETTER and not PERCENTILE.match(column):
-            if _is_number(now.get(column, "")) and _is_number(base.get(column, "")):
+        if column.startswith(STAGE) and column.endswith("_ms"):
+            if _is_number(now.get(column) or "") and _is_number(base.get(column) or ""):
                 grown.append((float(now[column]) - float(base[column]), column))
     if not grown:
         return None
@@ -129,8 +144,8 @@ class BenchComparison:
     @property
     def regressions(self) -> list[str]:
         lines = cmp.regression_lines(self.rows)
-        return lines + [f"goal {goal}: met before, {now} now" for goal, _, now, state in self.goals
-                        if state == cmp.REGRESSED]
+        return lines + [f"goal {goal}: met before, {now} now" if now != ABSENT else f"goal {goal}: met before, {now}"
+                        for goal, _, now, state in self.goals if state == cmp.REGRESSED]
 
     @property
     def passed(self) -> bool:
@@ -161,16 +176,22 @@ def goal_key(name: str) -> str:
     return " ".join(re.sub(r"\([^)]*\)", "", name).split())
 
 
+ABSENT = "not in this run"
+
+
 def compare_goals(now: Sequence[Mapping[str, str]], base: Sequence[Mapping[str, str]]) -> list[tuple]:
-    before = {goal_key(g["goal"]): g.get("met") for g in base}
+    """(goal, before, now, state) for every goal of either run: met before and anything but met
+    now (missed, not measured, absent) is a regression."""
+    before = {goal_key(g["goal"]): g for g in base}
+    current = {goal_key(g["goal"]): g for g in now}
     out = []
-    for g in now:
-        key = goal_key(g["goal"])
-        was, now_met = before.get(key), g.get("met")
-        state = (cmp.REGRESSED if was == "True" and now_met == "False" else
-                 cmp.IMPROVED if was == "False" and now_met == "True" else
-                 "new" if key not in before else cmp.SAME)
-        out.append((g["goal"], _met(was) if key in before else "–", _met(now_met), state))
+    for key in dict.fromkeys([*current, *before]):
+        n, b = current.get(key), before.get(key)
+        was, is_ = b and b.get("met"), n and n.get("met")
+        state = (cmp.REGRESSED if was == "True" and is_ != "True" else
+                 cmp.IMPROVED if was == "False" and is_ == "True" else
+                 "new" if b is None else "only in the baseline" if n is None else cmp.SAME)
+        out.append(((n or b)["goal"], "–" if b is None else _met(was), ABSENT if n is None else _met(is_), state))
     return out
 
 
@@ -189,8 +210,7 @@ def compare_runs(now_dir: Path, base_dir: Path, tol: cmp.Tolerance) -> BenchComp
         n, b = now_rows.get(k), base_rows.get(k)
         calls = [float(r[CALLS]) for r in (n, b) if r is not None and _is_number(r.get(CALLS, ""))]
         judged = n is not None and b is not None and (not calls or min(calls) >= tol.min_requests)
-        cells = [cmp.judge(c, b and b.get(c), n and n.get(c), direction(c), tol,
-                           unit="ms" if direction(c) == cmp.LOWER_BETTER else "/s", judged=judged)
+        cells = [cmp.judge(c, b and b.get(c), n and n.get(c), direction(c), tol, unit=unit(c), judged=judged)
                  for c in columns]
         cells.append(cmp.judge(ERRORS, _error_share(b), _error_share(n), cmp.ERROR_SHARE, tol, unit="%",
                                judged=judged))

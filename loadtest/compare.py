@@ -4,7 +4,8 @@ Shared by the load test's baseline (loadtest/baseline.py) and the benchmark's
 (loadtest/bench_baseline.py), so both print the same table and judge by the same rules:
 
 * a latency (lower is better) regressed when it grew by more than `percent` of the baseline's
-  AND by more than `ms` milliseconds (small figures jitter by whole milliseconds);
+  AND by more than `ms` milliseconds (small figures jitter by whole milliseconds); a cost per
+  image (unit `ms/img`, CPU time) by the percentage alone;
 * a rate (higher is better) regressed when it fell by more than `percent`;
 * a failed-request share regressed when it grew by more than `error_points` percentage points;
 * a row with fewer than `min_requests` requests on either side is shown, not judged.
@@ -99,6 +100,8 @@ class Cell:
             return f"{value:,.2f}"
         if self.unit == "ms":
             return f"{value:,.1f}" if abs(value) < 10 else f"{value:,.0f}"
+        if self.unit == "ms/img":  # CPU per image: fractions of a millisecond matter
+            return f"{value:,.2f}" if abs(value) < 10 else f"{value:,.1f}"
         if self.unit:  # rates
             return f"{value:,.1f}" if abs(value) < 100 else f"{value:,.0f}"
         return f"{value:,.0f}"  # counts
