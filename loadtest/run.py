@@ -8,14 +8,16 @@ gateway answers and tests it as it is.
 Locust runs as a child process (it monkey-patches the standard library with gevent, which this
 process must not be), bounded by `--duration` plus a grace period after which it is stopped. The
 report goes to `reports/loadtest/<timestamp>/`: Locust's HTML report and CSV files, its log, the
-verdict JSON and `summary.md` with its plots.
+verdict JSON and `summary.md` with its plots. A reused `--report-dir` first loses the files a
+previous run wrote there (`OUTPUTS`), so none of them can pass for this run's; nothing else in it
+is touched.
 
 While Locust runs, a thread reads the gateway's `/metrics` (loadtest/scrape.py) so the report can
 say what happened inside the gateway; with `--baseline`, the run is compared with an earlier one
 (loadtest/baseline.py) and the stage that moved is named. The exit code is Locust's: 0 when the
 SLO held, 1 when a limit was missed; also 1 when the run regressed against `--baseline` beyond the
 tolerance; 2 when the run itself broke (bad options or baseline file, target not ready, stack
-failed to start, Locust hung).
+failed to start, Locust failed to start or hung: any run that ended without a verdict).
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ STOP_GRACE_S = 60.0  # beyond --duration: spawning, draining in-flight requests,
 CLASSIFIER_SERVICE = "classifier.v1.Classifier"
 GATEWAY_ENV_PREFIX = "GATEWAY_"  # the gateway's settings from the environment (README.md, "Settings")
 EXIT_BROKEN = 2  # the run itself failed (target not ready, Locust hung); 1 is "an SLO limit was missed"
+# What a run writes into its report folder (a reused --report-dir loses these first).
+OUTPUTS = ("summary.md", "verdict.json", "report.html", f"{CSV_PREFIX}_*.csv", "locust.log",
+           "gateway_metrics.csv", plots.TIMELINE, plots.STAGES, "serving.log", "gateway.log")
 
 
 class TargetError(RuntimeError):
@@ -263,22 +268,45 @@ def judge_against_baseline(args: argparse.Namespace, verdict: dict | None) -> ba
     return result
 
 
+def clear_outputs(report_dir: Path) -> None:
+    """A reused report folder loses the files a previous run wrote (OUTPUTS), nothing else."""
+    for pattern in OUTPUTS:
+        for path in report_dir.glob(pattern):
+            path.unlink()
+
+
+def outcome(verdict: Mapping | None, comparison: baseline.Comparison | None, code: int) -> str:
+    """The summary's title word: NO VERDICT, PASS, FAIL, or what held and what regressed."""
+    if verdict is None:
+        return "NO VERDICT"
+    if comparison is not None and not comparison.passed:
+        return f"{'SLO held' if verdict['passed'] else 'SLO missed'}; baseline regressed"
+    return "PASS" if code == 0 and verdict["passed"] else "FAIL"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     report_dir = (args.report_dir or REPORTS / timestamp()).resolve()
     report_dir.mkdir(parents=True, exist_ok=True)
+    clear_outputs(report_dir)
     host_machine = machine.describe()
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     try:
         with target_for(args, report_dir) as target:
             print(f"load test: {target.description}", file=sys.stderr, flush=True)
             with scraping(metrics_url(args, target), args.scrape_interval) as scraper:
-                code = run_locust(locust_argv(args, target, report_dir), report_dir, args.duration + STOP_GRACE_S)
+                locust_code = run_locust(locust_argv(args, target, report_dir), report_dir,
+                                         args.duration + STOP_GRACE_S)
     except (TargetError, stack.StackError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BROKEN
     verdict_path = report_dir / "verdict.json"
     verdict = slo.read_verdict(verdict_path)
+    code = locust_code
+    if verdict is None:  # Locust failed to start, crashed or hung: the run is broken, not judged
+        print(f"error: Locust ended (exit code {locust_code}) without a verdict; see {report_dir / 'locust.log'}",
+              file=sys.stderr)
+        code = EXIT_BROKEN
     gateway = gateway_record(scraper, verdict)
     snapshots = scraper.snapshots if scraper is not None and not scraper.error else []
     if snapshots:
@@ -301,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: plot {name} unavailable: {why}", file=sys.stderr)
     files = sorted({p.name for p in report_dir.iterdir()} | {"summary.md"})
     text = summary.render(
-        title=f"Load test {started}: {'PASS' if code == 0 else 'FAIL'}", verdict=verdict, exit_code=code,
+        title=f"Load test {started}: {outcome(verdict, comparison, code)}", verdict=verdict, exit_code=code,
         target=target.description, batch_images=args.batch_images, settings=settings_of(args),
         machine=host_machine, csv_prefix=report_dir / CSV_PREFIX, files=files, plots=drawn,
         baseline=comparison.markdown() if comparison else (), gateway=gateway, callers=args.callers,

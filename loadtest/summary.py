@@ -184,7 +184,8 @@ def failures_table(failures: Sequence[Mapping[str, str]], limit: int = 10) -> li
 
 def verdict_lines(verdict: Mapping | None, exit_code: int | None) -> list[str]:
     if verdict is None:
-        return [f"**NO VERDICT**: Locust ended (exit code {exit_code}) before judging the run; see locust.log."]
+        return [f"**NO VERDICT**: Locust ended before judging the run (it failed to start, crashed or hung; "
+                f"exit code {exit_code}: the run broke); see locust.log."]
     m, limits = verdict["measured"], verdict["limits"]
 
     def limit(key: str, fmt: str) -> str:

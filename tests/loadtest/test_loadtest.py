@@ -242,6 +242,22 @@ def test_bench_goals_judge_batching_against_the_better_off_variant():
     assert "not measured" in br.render(result, found)
 
 
+@pytest.mark.unit
+def test_the_title_says_what_was_judged_and_a_reused_report_folder_loses_the_old_run(tmp_path):
+    from loadtest import baseline, compare
+
+    regressed = baseline.Comparison("base", compare.Tolerance(), [compare.Row("all", [
+        compare.judge("p95", 10, 90, compare.LOWER_BETTER, compare.Tolerance(), unit="ms")])])
+    assert run.outcome(None, None, 0) == "NO VERDICT"  # exit code 0 without a verdict proves nothing
+    assert run.outcome({"passed": True}, None, 0) == "PASS"
+    assert run.outcome({"passed": True}, regressed, 1) == "SLO held; baseline regressed"
+    assert run.outcome({"passed": False}, None, 1) == "FAIL"
+    for name in ("verdict.json", "locust_stats.csv", "timeline.png", "summary.md", "notes.txt"):
+        (tmp_path / name).write_text("old")
+    run.clear_outputs(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]  # only what a run writes
+
+
 # -- real runs ----------------------------------------------------------------------------------
 
 SMOKE_SECONDS = "4"
@@ -318,7 +334,7 @@ def test_a_slower_gateway_fails_against_the_baseline_and_names_queue_wait(lenien
     assert record["stage"] == "queue_wait", record["attribution"]
     assert "queue_wait +" in record["attribution"] and "mean batch" in record["attribution"]
     text = (tmp_path / "summary.md").read_text()
-    assert "FAIL" in text.splitlines()[0] and "## Against the baseline" in text
+    assert "SLO held; baseline regressed" in text.splitlines()[0] and "## Against the baseline" in text
     assert f"**Where it moved:** {record['attribution']}" in text
 
 
