@@ -1,8 +1,10 @@
 """`python -m loadtest.bench` (`make bench`): the side-by-side benchmark, one run, one machine.
 
-Starts one model server on the default model and three gateways in front of it (`GATEWAYS`:
-micro-batching on, as configured by default; off, GATEWAY_MAX_BATCH_SIZE=1; and off with the cap
-on Predict calls in flight lifted), then measures, with the same small example images throughout:
+Starts one model server on the default model and three gateways in front of it (`GATEWAYS`, each
+with its batching settings pinned here, so a change of the gateway's defaults does not move the
+baseline: micro-batching on, GATEWAY_MAX_BATCH_SIZE=32 GATEWAY_MAX_WAIT_MS=2; off,
+GATEWAY_MAX_BATCH_SIZE=1; and off with the cap on Predict calls in flight lifted), then measures,
+with the same small example images throughout:
 
 * a concurrency sweep (closed loop, `--concurrency` levels) of five ways to classify an image:
   Predict straight to the model server (encoded image to the `image_bytes` signature; raw uint8
@@ -26,8 +28,14 @@ on Predict calls in flight lifted), then measures, with the same small example i
 
 Writes `reports/bench/<timestamp>/`: report.md (goals, tables, CPU per image, machine),
 samples.csv, goals.csv, bench.png (throughput and p50/p99 latency against concurrency), the
-profile (profile.svg, profile-stacks.txt) and the servers' logs. Numbers go in the report only:
-nothing here asserts on them. With `--baseline`, the run is compared with an earlier one (loadtest/bench_baseline.py) and exits 1 on a regression.
+profile (profile.svg, profile-stacks.txt) and the servers' logs; a reused `--report-dir` first
+loses those files of the previous run (`OUTPUTS`), nothing else. Numbers go in the report only:
+nothing here asserts on them. With `--baseline`, the run is compared with an earlier one
+(loadtest/bench_baseline.py) and exits 1 on a regression.
+
+The optional parts (in-process call, real photos, two replicas, two callers) never cost the run:
+one that fails leaves a note in the report and its goals `not measured`. When the main stack or
+the sweep fails, the report is still written with whatever was measured, and the exit code is 1.
 
 This process speaks TF Serving's API through the gateway's wire subset, so it must never import
 TensorFlow (see tests/conftest.py); the in-process measurement runs as a child process.
@@ -43,10 +51,11 @@ import os
 import subprocess
 import sys
 import time
+import traceback
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import grpc
 import psutil
@@ -76,6 +85,11 @@ IMAGE_BYTES_SIGNATURE = "image_bytes"
 SCORES = "scores"
 DECODE_SIZE = (640, 480)
 PARTS = ("photos", "replicas", "callers")  # what --skip can leave out
+# What a run writes into its report folder; a reused --report-dir loses these first, so nothing in
+# it can be mistaken for this run's (the servers append to their logs).
+OUTPUTS = ("report.md", "samples.csv", "goals.csv", "bench.png", "profile.svg", "profile-stacks.txt",
+           "serving*.log", "gateway-*.log")
+T = TypeVar("T")
 # The gateways compared, by series: the environment each runs with, on top of this process's.
 # Batching off is measured twice: with the default cap of Predict calls in flight (so only that
 # many images are at the model server at once), and with the cap lifted, which is what batching
@@ -270,7 +284,8 @@ class GatewayMetrics:
             return self._stop.get(key, 0.0) - self._start.get(key, 0.0)
 
         if delta("gateway_batch_size_count"):
-            sample.gateway_metrics["mean batch"] = delta("gateway_batch_size_sum") / delta("gateway_batch_size_count")
+            sample.gateway_metrics[bench_report.MEAN_BATCH] = (delta("gateway_batch_size_sum")
+                                                               / delta("gateway_batch_size_count"))
         for key in self._stop:
             if key.endswith("_count") and not key.startswith("gateway_") and delta(key):
                 stage = key[: -len("_count")]
@@ -337,8 +352,9 @@ def measure_without_load(result: bench_report.BenchResult, args: argparse.Namesp
     result.request_bytes = {1: request_bytes(facts, pixels[0], 1),
                             BATCH: request_bytes(facts, b"".join(pixels), BATCH)}
     progress(f"the signature in-process at batch {BATCH} (a TensorFlow child process) ...")
-    result.inprocess = inprocess_rate(args.models_dir / facts.name / str(facts.version), facts,
-                                      b"".join(pixels), args.seconds, report_dir)
+    model_dir = args.models_dir / facts.name / str(facts.version)
+    result.inprocess = optional(result, "the in-process signature call", lambda: inprocess_rate(
+        model_dir, facts, b"".join(pixels), args.seconds, report_dir)) or {"error": "it failed, see Notes"}
 
 
 def measure_under_load(result: bench_report.BenchResult, args: argparse.Namespace, gen: LoadGenerator,
@@ -370,12 +386,26 @@ def measure_under_load(result: bench_report.BenchResult, args: argparse.Namespac
                                       [ProcessCpu(CPU_MODEL_SERVER, server.process.proc.pid)])
     result.rss_after = {name: rss_mib(gw.process.proc.pid) for name, gw in gateways.items()}
     if "photos" not in args.skip:
-        result.photos = bench_photos.measure(gen, gw_on.grpc_target, gw_on.process.proc.pid,
-                                             server.process.proc.pid, facts.spec, images, args.seconds,
-                                             result.machine.usable_cores, progress)
+        result.photos = optional(result, "the real-photo series", lambda: bench_photos.measure(
+            gen, gw_on.grpc_target, gw_on.process.proc.pid, server.process.proc.pid, facts.spec, images,
+            args.seconds, result.machine.usable_cores, progress))
 
 
-def run(args: argparse.Namespace, report_dir: Path) -> bench_report.BenchResult:
+def optional(result: bench_report.BenchResult, part: str, measure: Callable[[], T]) -> T | None:
+    """`measure()`, or None when it fails: an optional part's failure (a timeout, a server that
+    went away, unreadable output) becomes a note in the report, its goals `not measured`, and the
+    benchmark goes on."""
+    try:
+        return measure()
+    except Exception as exc:  # noqa: BLE001 - whatever broke, the rest of the report must not be lost
+        progress(f"{part} failed, going on without it: {type(exc).__name__}: {exc}")
+        traceback.print_exc(file=sys.stderr)
+        result.notes.append(f"{part[0].upper()}{part[1:]}: not measured, it failed: "
+                            f"{type(exc).__name__}: {exc}".rstrip(": "))
+        return None
+
+
+def new_result(args: argparse.Namespace) -> bench_report.BenchResult:
     result = bench_report.BenchResult(
         started=time.strftime("%Y-%m-%d %H:%M:%S %Z"), machine=machine.describe(),
         settings={"concurrency levels": ", ".join(map(str, args.levels)),
@@ -383,6 +413,13 @@ def run(args: argparse.Namespace, report_dir: Path) -> bench_report.BenchResult:
                   "load-generator processes": args.processes,
                   **{f"{series} (gateway-{k}.log)": " ".join(f"{name}={value}" for name, value in env.items())
                      for k, (series, env) in enumerate(GATEWAYS.items(), start=1)}})
+    result.notes += [f"Skipped (`--skip`): {', '.join(sorted(args.skip))}; their goals are not measured."
+                     ] if args.skip else []
+    return result
+
+
+def run(args: argparse.Namespace, report_dir: Path, result: bench_report.BenchResult) -> None:
+    """Measure everything into `result`; what was measured stays there if this raises."""
     images = [img.data for img in ImagePool.from_examples(large_share=0.0).small]
     progress(f"starting the model server and {len(GATEWAYS)} gateways ...")
     with bench_stack(args, report_dir) as (server, gateways):
@@ -398,35 +435,54 @@ def run(args: argparse.Namespace, report_dir: Path) -> bench_report.BenchResult:
         with LoadGenerator(args.processes, warmup_s=args.warmup, seconds=args.seconds) as gen:
             measure_under_load(result, args, gen, server, gateways, facts, images, pixels, report_dir)
             if "callers" not in args.skip:
-                result.fairness = bench_fairness.measure(server.grpc_target, stack.EXAMPLES_DIR / "fashion" / "bag.png",
-                                                         args.seconds, report_dir, args.verbose, progress)
+                result.fairness = optional(result, "the two-caller series", lambda: bench_fairness.measure(
+                    server.grpc_target, stack.EXAMPLES_DIR / "fashion" / "bag.png", args.seconds, report_dir,
+                    args.verbose, progress))
             if "replicas" not in args.skip:
                 stop_gateways_and_server(server, gateways)
-                result.fleet = bench_fleet.measure(gen, args.models_dir, GATEWAYS[SERIES_GATEWAY_ON], images,
-                                                   report_dir, args.verbose, progress)
-    result.finished = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    result.load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return result
+                result.fleet = optional(result, "the two-replica series", lambda: bench_fleet.measure(
+                    gen, args.models_dir, GATEWAYS[SERIES_GATEWAY_ON], images, report_dir, args.verbose, progress))
+
+
+def failure(exc: Exception, report_dir: Path) -> str:
+    """Why the benchmark stopped, in one line."""
+    if isinstance(exc, grpc.RpcError):
+        return f"the model server failed a call: {exc.code().name} {exc.details()}"
+    if isinstance(exc, psutil.NoSuchProcess):
+        return f"a server exited during the benchmark; see the logs in {report_dir}"
+    if isinstance(exc, (stack.StackError, GatewayError)):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def clear_outputs(report_dir: Path) -> None:
+    """A reused report folder loses the files a previous run wrote (OUTPUTS), nothing else."""
+    for pattern in OUTPUTS:
+        for path in report_dir.glob(pattern):
+            path.unlink()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     report_dir = (args.report_dir or REPORTS / time.strftime("%Y%m%d-%H%M%S")).resolve()
     report_dir.mkdir(parents=True, exist_ok=True)
+    clear_outputs(report_dir)
+    result, code = new_result(args), 0
     try:
-        result = run(args, report_dir)
-    except (stack.StackError, GatewayError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except grpc.RpcError as exc:
-        print(f"error: the model server failed a call: {exc.code().name} {exc.details()}", file=sys.stderr)
-        return 1
-    except psutil.NoSuchProcess:
-        print(f"error: a server exited during the benchmark; see the logs in {report_dir}", file=sys.stderr)
-        return 1
+        run(args, report_dir, result)
+    except Exception as exc:  # noqa: BLE001 - the report keeps what was measured before it
+        if not isinstance(exc, (stack.StackError, GatewayError, grpc.RpcError, psutil.NoSuchProcess)):
+            traceback.print_exc(file=sys.stderr)
+        print(f"error: {failure(exc, report_dir)}", file=sys.stderr)
+        result.notes.append(f"The benchmark stopped early: {failure(exc, report_dir)}. What it measured "
+                            "before that is below; the rest is not measured.")
+        code = 1
+    result.finished = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    result.load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
     bench_report.write(result, report_dir)
     print((report_dir / "report.md").read_text(encoding="utf-8").split("\n## Sweep")[0])
-    code = bench_baseline.report(report_dir, args) if args.baseline else 0
+    if args.baseline and code == 0:
+        code = bench_baseline.report(report_dir, args)
     print(f"report: {report_dir}/report.md", file=sys.stderr)
     return code
 

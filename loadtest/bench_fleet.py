@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loadtest.bench_report import CPU_GATEWAY, Goal
+from loadtest.bench_report import CPU_GATEWAY, Goal, ratio
 from loadtest.loadgen import LoadGenerator, Sample, Workload
 from loadtest.probes import ProcessCpu
 from tools import stack
@@ -84,15 +84,18 @@ def measure(gen: LoadGenerator, models_dir: Path, gateway_env: dict[str, str], i
     return result
 
 
+GOAL_NAME = (f"two model-server replicas, images/s at {CONCURRENCY} in flight: per-endpoint routing vs one "
+             "round_robin channel")
+
+
 def goals(r: FleetResult | None) -> list[Goal]:
-    if r is None:
-        return []
-    endpoints, channel = r.rate(SERIES_ENDPOINTS), r.rate(SERIES_CHANNEL)
-    ratio = endpoints / channel if endpoints is not None and channel else None
-    return [Goal(f"two model-server replicas, images/s at {CONCURRENCY} in flight: per-endpoint routing vs one "
-                 "round_robin channel",
-                 "n/a" if ratio is None else f"{ratio:.2f}× ({endpoints:,.0f} vs {channel:,.0f})",
-                 f"≥ {GOAL}×", None if ratio is None else ratio >= GOAL)]
+    """The series' goal, `not measured` when the series was not."""
+    samples = {s.series: s for s in (r.samples if r else ())}
+    endpoints, channel = samples.get(SERIES_ENDPOINTS), samples.get(SERIES_CHANNEL)
+    x = ratio(r and r.rate(SERIES_ENDPOINTS), r and r.rate(SERIES_CHANNEL))
+    return [Goal(GOAL_NAME, "n/a" if x is None else f"{x:.2f}× ({endpoints.images_per_s:,.0f} vs "
+                                                    f"{channel.images_per_s:,.0f})",
+                 f"≥ {GOAL}×", None if x is None else x >= GOAL).counting_errors(endpoints, channel)]
 
 
 def markdown(r: FleetResult | None, table) -> list[str]:

@@ -1,7 +1,8 @@
 """The benchmark's report: goals met or missed, the sweep, and how it was measured.
 
 `write(result, folder)` produces report.md, samples.csv (one row per measured point, with the CPU
-milliseconds per image of each process measured, blank where not measured), goals.csv and
+milliseconds per image of each process measured and the gateway's mean batch and stage times,
+blank where not measured), goals.csv and
 bench.png (throughput, p50 and p99 latency against concurrency). The goals are the stack's speed
 and cost targets (loadtest/README.md lists them); a goal that could not be measured says why
 instead of passing. The real-photo and two-replica series (loadtest/bench_photos.py,
@@ -41,6 +42,11 @@ SERIES_TRIVIAL = "gateway health Check (trivial)"
 SERIES_BATCH = f"direct Predict, batch {BATCH}"
 CPU_GATEWAY = "gateway"
 CPU_MODEL_SERVER = "model server"
+# samples.csv's CPU columns: milliseconds of CPU per image answered, by process (blank: not measured).
+CPU_COLUMNS = {"loadgen_cpu_ms_per_image": LOADGEN_CPU, "gateway_cpu_ms_per_image": CPU_GATEWAY,
+               "server_cpu_ms_per_image": CPU_MODEL_SERVER}
+# ... and the gateway's own figures (Sample.gateway_metrics: "mean batch", "<stage> ms").
+MEAN_BATCH, MEAN_BATCH_COLUMN, STAGE_PREFIX = "mean batch", "mean_batch", "stage_"
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,23 @@ class Goal:
     def mark(self) -> str:
         return {True: "met", False: "**missed**", None: "not measured"}[self.met]
 
+    def counting_errors(self, *samples: Sample | None) -> "Goal":
+        """This goal, missed and saying so when a sample it used had failed calls: its figures
+        come from the successful calls only."""
+        errors = sum(s.error_count for s in samples if s is not None)
+        if not errors or self.met is None:
+            return self
+        return Goal(self.name, f"{self.measured} ({errors:,} errors)", self.goal, False)
+
+
+def headline(found: Sequence[Goal]) -> str:
+    """`9 met, 2 missed: name; name` (and how many could not be measured)."""
+    missed = [g.name for g in found if g.met is False]
+    unmeasured = sum(1 for g in found if g.met is None)
+    line = f"{sum(1 for g in found if g.met)} met, {len(missed)} missed"
+    line += f": {'; '.join(missed)}" if missed else ""
+    return line + (f"; {unmeasured} not measured." if unmeasured else ".")
+
 
 def _series(samples: Sequence[Sample], name: str) -> list[Sample]:
     return sorted((s for s in samples if s.series == name), key=lambda s: s.concurrency)
@@ -115,7 +138,8 @@ def headline_level(samples: Sequence[Sample]) -> int:
     return below[-1] if below else levels[0]
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
+def ratio(a: float | None, b: float | None) -> float | None:
+    """a / b; None when either is missing or NaN, or b is zero."""
     if a is None or b is None or not b or math.isnan(a) or math.isnan(b):
         return None
     return a / b
@@ -132,8 +156,12 @@ def _by_cpu(baseline: Sample, candidate: Sample) -> str:
 
     CPU time per image hardly depends on what else runs on the machine; throughput does.
     """
-    ratio = _ratio(cpu_ms_per_image(baseline), cpu_ms_per_image(candidate))
-    return "" if ratio is None else f"; {ratio:.2f}× by CPU per image"
+    by_cpu = ratio(cpu_ms_per_image(baseline), cpu_ms_per_image(candidate))
+    return "" if by_cpu is None else f"; {by_cpu:.2f}× by CPU per image"
+
+
+def _rate(s: Sample | None) -> float | None:
+    return s.images_per_s if s is not None and s.calls else None
 
 
 def goals(r: BenchResult) -> list[Goal]:
@@ -146,54 +174,58 @@ def goals(r: BenchResult) -> list[Goal]:
     direct_name = (SERIES_DIRECT_BYTES if _at(r.samples, SERIES_DIRECT_BYTES, level)
                    else SERIES_DIRECT_PIXELS)
     direct = _at(r.samples, direct_name, level)
-    ratio = _ratio(on and on.images_per_s, direct and direct.images_per_s)
+    x = ratio(_rate(on), _rate(direct))
     out.append(Goal(f"through the gateway vs {direct_name}, images/s at {level} in flight",
-                    "n/a" if ratio is None else
-                    f"{ratio:.2f}× ({on.images_per_s:,.0f} vs {direct.images_per_s:,.0f}){_by_cpu(direct, on)}",
-                    "≥ 0.9×", None if ratio is None else ratio >= 0.9))
+                    "n/a" if x is None else
+                    f"{x:.2f}× ({on.images_per_s:,.0f} vs {direct.images_per_s:,.0f}){_by_cpu(direct, on)}",
+                    "≥ 0.9×", None if x is None else x >= 0.9).counting_errors(on, direct))
     out += cpu_goals(r, on, level)
-    ratio = _ratio(on and on.images_per_s, off and off.images_per_s)
+    x = ratio(_rate(on), _rate(off))
     p99_ok = on is not None and off is not None and on.percentile_ms(0.99) <= off.percentile_ms(0.99)
     out.append(Goal(f"gateway micro-batching on vs off (the better of the two off variants: "
                     f"{off.series if off else 'n/a'}), images/s at {level} in flight",
-                    "n/a" if ratio is None else
-                    f"{ratio:.2f}× ({on.images_per_s:,.0f} vs {off.images_per_s:,.0f}){_by_cpu(off, on)}; "
+                    "n/a" if x is None else
+                    f"{x:.2f}× ({on.images_per_s:,.0f} vs {off.images_per_s:,.0f}){_by_cpu(off, on)}; "
                     f"p99 {on.percentile_ms(0.99):,.1f} vs {off.percentile_ms(0.99):,.1f} ms",
-                    "≥ 1.5×, p99 not worse", None if ratio is None else (ratio >= 1.5 and p99_ok)))
-    server = r.batch_server.images_per_s if r.batch_server and r.batch_server.calls else None
-    local = r.inprocess.get("images_per_s")
-    ratio = _ratio(server, local)
+                    "≥ 1.5×, p99 not worse", None if x is None else (x >= 1.5 and p99_ok)).counting_errors(on, off))
+    server, local = _rate(r.batch_server), r.inprocess.get("images_per_s")
+    x = ratio(server, local)
     out.append(Goal(f"model server Predict vs in-process signature call, batch {BATCH}",
-                    f"n/a ({r.inprocess.get('error', 'no result')})" if ratio is None else
-                    f"{ratio:.2f}× ({server:,.0f} vs {local:,.0f} images/s)",
-                    "≥ 0.8×", None if ratio is None else ratio >= 0.8))
-    one = r.request_bytes.get(1)
-    many = r.request_bytes.get(BATCH)
-    ratio = _ratio(one and one["uint8"], one and one["float32"])
-    out.append(Goal("request bytes, uint8 tensor_content vs float32 values",
-                    "n/a" if ratio is None else
-                    f"{ratio:.3f}× for 1 image ({one['uint8']:,} vs {one['float32']:,} B, of which "
-                    f"{one['uint8'] - one['pixels']} B names and shape); {many['uint8'] / many['float32']:.3f}× "
-                    f"for {BATCH} images",
-                    "≤ 0.26×", None if ratio is None else ratio <= 0.26))
+                    f"n/a ({r.inprocess.get('error', 'no result')})" if x is None else
+                    f"{x:.2f}× ({server:,.0f} vs {local:,.0f} images/s)",
+                    "≥ 0.8×", None if x is None else x >= 0.8).counting_errors(r.batch_server))
+    out.append(request_bytes_goal(r.request_bytes))
     d = r.decode
     out.append(Goal("decode+resize of a 640×480 JPEG, one core",
                     "n/a" if d is None else f"{d.per_core:,.0f} images per CPU-second "
                                             f"({d.per_wall_second:,.0f}/s wall clock)",
                     "≥ 1,000 images/s", None if d is None else d.per_core >= 1000))
     idle = r.rss_before.get(SERIES_GATEWAY_ON)
-    out.append(Goal("gateway resident memory, idle → after the sweep",
+    out.append(Goal("gateway resident memory, idle → after the sweep (the batching gateway)",
                     "n/a" if idle is None else
                     f"{idle:,.0f} → {r.rss_after.get(SERIES_GATEWAY_ON, float('nan')):,.0f} MiB",
-                    f"idle ≤ {IDLE_RSS_LIMIT_MIB:.0f} MB", None if idle is None else idle <= IDLE_RSS_LIMIT_MIB))
-    system_best = max((s.calls_per_s for s in r.samples), default=None)
-    trivial = r.trivial.calls_per_s if r.trivial and r.trivial.calls else None
+                    f"idle ≤ {IDLE_RSS_LIMIT_MIB:.0f} MiB", None if idle is None else idle <= IDLE_RSS_LIMIT_MIB))
+    best = max((s for s in r.samples if s.calls), key=lambda s: s.calls_per_s, default=None)
+    trivial = r.trivial if r.trivial and r.trivial.calls else None
     out.append(Goal("load generator headroom: trivial endpoint vs best system figure, calls/s",
-                    "n/a" if trivial is None or system_best is None else f"{trivial:,.0f} vs {system_best:,.0f}",
-                    "trivial > system", None if trivial is None or system_best is None else trivial > system_best))
+                    "n/a" if trivial is None or best is None else
+                    f"{trivial.calls_per_s:,.0f} vs {best.calls_per_s:,.0f}",
+                    "trivial > system", None if trivial is None or best is None else
+                    trivial.calls_per_s > best.calls_per_s).counting_errors(trivial))
     from loadtest import bench_fairness, bench_fleet, bench_photos
 
     return out + bench_photos.goals(r.photos) + bench_fleet.goals(r.fleet) + bench_fairness.goals(r.fairness)
+
+
+def request_bytes_goal(sizes: dict[int, dict[str, int]]) -> Goal:
+    """Judged at BATCH images, where the request's names and shape (a fixed ~65 B) no longer count."""
+    many, one = sizes.get(BATCH), sizes.get(1)
+    x = ratio(many and many["uint8"], many and many["float32"])
+    single = "" if not one else (f"; {one['uint8'] / one['float32']:.3f}× for 1 image, of which "
+                                 f"{one['uint8'] - one['pixels']} B names and shape")
+    return Goal(f"request bytes, uint8 tensor_content vs float32 values ({BATCH} images)",
+                "n/a" if x is None else f"{x:.3f}× ({many['uint8']:,} vs {many['float32']:,} B){single}",
+                "≤ 0.26×", None if x is None else x <= 0.26)
 
 
 def _finite(value: float) -> float | None:
@@ -205,34 +237,45 @@ def cpu_goals(r: BenchResult, on: Sample | None, level: int) -> list[Goal]:
     mine = _finite(on.cpu_ms_per_image(CPU_GATEWAY)) if on else None
     same = next((t for t in (r.trivial_headline, r.trivial) if t is not None and t.concurrency == level), None)
     trivial = _finite(same.cpu_ms_per_image(CPU_GATEWAY)) if same and same.calls else None
-    ratio = _ratio(mine, trivial)
+    x = ratio(mine, trivial)
     return [
         Goal(f"gateway CPU per image, batching on, {level} in flight",
              "n/a" if mine is None else f"{mine:.2f} ms", f"≤ {GATEWAY_CPU_MS_GOAL:.1f} ms",
-             None if mine is None else mine <= GATEWAY_CPU_MS_GOAL),
+             None if mine is None else mine <= GATEWAY_CPU_MS_GOAL).counting_errors(on),
         Goal(f"gateway CPU per image vs per trivial health Check call (same run), {level} in flight",
-             "n/a" if ratio is None else f"{ratio:.2f}× ({mine:.2f} vs {trivial:.2f} ms)",
-             f"≤ {GATEWAY_CPU_VS_TRIVIAL_GOAL}×", None if ratio is None else ratio <= GATEWAY_CPU_VS_TRIVIAL_GOAL),
+             "n/a" if x is None else f"{x:.2f}× ({mine:.2f} vs {trivial:.2f} ms)",
+             f"≤ {GATEWAY_CPU_VS_TRIVIAL_GOAL}×", None if x is None else x <= GATEWAY_CPU_VS_TRIVIAL_GOAL
+             ).counting_errors(on, same),
     ]
 
 
 def write_samples_csv(samples: Sequence[Sample], path: Path) -> None:
+    """One row per sample. Beside the client's figures: CPU_COLUMNS, and the gateway's own account
+    from its /metrics where it was read: `mean_batch` and one `stage_<stage>_ms` column per stage
+    (mean ms per image), blank where not measured."""
+    stages = list(dict.fromkeys(k for s in samples for k in s.gateway_metrics if k != MEAN_BATCH))
     with path.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["series", "concurrency", "processes", "seconds", "images_per_call", "calls", "calls_per_s",
-                    "images_per_s", "p50_ms", "p90_ms", "p99_ms", "errors", *CPU_COLUMNS])
+                    "images_per_s", "p50_ms", "p90_ms", "p99_ms", "errors", *CPU_COLUMNS, MEAN_BATCH_COLUMN,
+                    *(stage_column(k) for k in stages)])
         for s in samples:
             cpu = [s.cpu_ms_per_image(process) for process in CPU_COLUMNS.values()]
+            gateway = [s.gateway_metrics.get(k) for k in (MEAN_BATCH, *stages)]
             w.writerow([s.series, s.concurrency, s.processes, s.seconds, s.images_per_call, s.calls,
-                        f"{s.calls_per_s:.1f}", f"{s.images_per_s:.1f}", f"{s.percentile_ms(0.5):.2f}",
-                        f"{s.percentile_ms(0.9):.2f}", f"{s.percentile_ms(0.99):.2f}",
+                        f"{s.calls_per_s:.1f}", f"{s.images_per_s:.1f}",
+                        *(_cell(s.percentile_ms(q), "{:.2f}") for q in (0.5, 0.9, 0.99)),
                         ";".join(f"{k}={v}" for k, v in sorted(s.errors.items())),
-                        *("" if math.isnan(c) else f"{c:.3f}" for c in cpu)])
+                        *(_cell(c, "{:.3f}") for c in cpu), *(_cell(v, "{:.3f}") for v in gateway)])
 
 
-# samples.csv's CPU columns: milliseconds of CPU per image answered, by process (blank: not measured).
-CPU_COLUMNS = {"loadgen_cpu_ms_per_image": LOADGEN_CPU, "gateway_cpu_ms_per_image": CPU_GATEWAY,
-               "server_cpu_ms_per_image": CPU_MODEL_SERVER}
+def _cell(value: float | None, fmt: str) -> str:
+    return "" if value is None or math.isnan(value) else fmt.format(value)
+
+
+def stage_column(metric: str) -> str:
+    """'queue_wait ms' -> 'stage_queue_wait_ms'."""
+    return STAGE_PREFIX + metric.replace(" ", "_")
 
 
 def write_goals_csv(found: Sequence[Goal], path: Path) -> None:
@@ -288,9 +331,18 @@ def _sweep_table(samples: Sequence[Sample]) -> list[str]:
              "|---|---:|---:|---:|---:|---:|---|"]
     for s in _by_series(samples):
         errors = ", ".join(f"{k} {v}" for k, v in sorted(s.errors.items())) or "0"
-        lines.append(f"| {s.series} | {s.concurrency} | {s.images_per_s:,.0f} | {s.calls_per_s:,.0f} | "
+        lines.append(f"| {s.series} | {s.concurrency} | {_images_per_s(s)} | {s.calls_per_s:,.0f} | "
                      f"{s.percentile_ms(0.5):,.1f} | {s.percentile_ms(0.99):,.1f} | {errors} |")
     return lines
+
+
+def _images_per_s(s: Sample) -> str:
+    """A health Check carries no image: its row says so instead of counting calls as images."""
+    return f"– ({s.calls_per_s:,.0f} calls/s)" if s.series == SERIES_TRIVIAL else f"{s.images_per_s:,.0f}"
+
+
+def _per_call_label(s: Sample) -> str:
+    return f"{s.series}, per call" if s.series == SERIES_TRIVIAL else s.series
 
 
 def _num(value: float, fmt: str = "{:,.2f}") -> str:
@@ -298,7 +350,7 @@ def _num(value: float, fmt: str = "{:,.2f}") -> str:
 
 
 def _cpu_table(samples: Sequence[Sample]) -> list[str]:
-    stages = list(dict.fromkeys(k for s in samples for k in s.gateway_metrics if k != "mean batch"))
+    stages = list(dict.fromkeys(k for s in samples for k in s.gateway_metrics if k != MEAN_BATCH))
     processes = (LOADGEN_CPU, CPU_GATEWAY, CPU_MODEL_SERVER)
     lines = ["| series | in flight | images/s | " + " | ".join(f"{p} CPU ms/img" for p in processes)
              + " | sum | mean batch | " + " | ".join(f"{k}/img" for k in stages) + " |",
@@ -306,9 +358,9 @@ def _cpu_table(samples: Sequence[Sample]) -> list[str]:
     for s in _by_series(samples):
         cpu = [s.cpu_ms_per_image(p) for p in processes]
         total = cpu_ms_per_image(s)
-        lines.append(f"| {s.series} | {s.concurrency} | {s.images_per_s:,.0f} | "
+        lines.append(f"| {_per_call_label(s)} | {s.concurrency} | {_images_per_s(s)} | "
                      + " | ".join(_num(c) for c in cpu) + f" | {total:.2f} | "
-                     + _num(s.gateway_metrics.get("mean batch", float("nan")), "{:.1f}") + " | "
+                     + _num(s.gateway_metrics.get(MEAN_BATCH, float("nan")), "{:.1f}") + " | "
                      + " | ".join(_num(s.gateway_metrics.get(k, float("nan"))) for k in stages) + " |")
     return lines
 
@@ -330,10 +382,9 @@ def cost_note(r: BenchResult) -> str | None:
     level = headline_level(r.samples)
     on = _at(r.samples, SERIES_GATEWAY_ON, level)
     direct = _at(r.samples, SERIES_DIRECT_BYTES, level) or _at(r.samples, SERIES_DIRECT_PIXELS, level)
-    if on is None or direct is None:
-        return None
-
     total = cpu_ms_per_image
+    if on is None or direct is None or total(on) <= 0 or total(direct) <= 0:
+        return None  # not measured, or no call succeeded (no CPU per image)
     cores = r.machine.usable_cores
     return (f"At {level} in flight, one image through the gateway costs {total(on):.2f} ms of CPU in these "
             f"processes (gateway {_num(on.cpu_ms_per_image(CPU_GATEWAY))}, model server "
@@ -348,9 +399,9 @@ def _load(values: tuple[float, float, float] | None) -> str:
     return "n/a" if values is None else " / ".join(f"{v:.2f}" for v in values)
 
 
-def render(r: BenchResult, found: Sequence[Goal]) -> str:
+def render(r: BenchResult, found: Sequence[Goal], chart: bool = True) -> str:
+    """report.md's text; `chart`: bench.png was drawn."""
     m = r.machine
-    system = [s for s in r.samples]
     extra = [s for s in (r.trivial, r.trivial_headline, r.batch_server) if s is not None]
     lines = [
         f"# Benchmark {r.started}", "",
@@ -358,7 +409,8 @@ def render(r: BenchResult, found: Sequence[Goal]) -> str:
         f"{_load(m.load_average)} before, {_load(r.load_after)} after (1 / 5 / 15 min). Load generator, "
         f"model server and gateways share these cores, as they would on one node.", "",
         f"Model: {r.model}. Images: {r.images}.", "",
-        "## Goals", "", "| comparison | measured | goal | |", "|---|---|---|---|",
+        "## Goals", "", f"**{headline(found)}**", "",
+        "| comparison | measured | goal | |", "|---|---|---|---|",
         *[f"| {g.name} | {g.measured} | {g.goal} | {g.mark} |" for g in found], "",
     ]
     if r.notes:
@@ -369,11 +421,13 @@ def render(r: BenchResult, found: Sequence[Goal]) -> str:
         "Throughput counts calls completed in the measured window; latencies are client-side. "
         "All series were measured at one concurrency before moving to the next, so the figures "
         "compared at a level share the same background load.", "",
-        *_sweep_table(system), "", "![throughput and latency against concurrency](bench.png)", "",
+        *_sweep_table(r.samples), "",
+        *(["![throughput and latency against concurrency](bench.png)", ""] if chart else []),
         "## Where the CPU goes", "",
         "CPU time each process spent in the measured window, per image answered (psutil for the servers, "
         "the workers' own process time for the load generator), and the gateway's own stage timings "
-        "from its /metrics (mean per image; queue_wait is time spent waiting for a batch to fill).", "",
+        "from its /metrics (mean per image; queue_wait is time spent waiting for a batch to fill). "
+        f"The {SERIES_TRIVIAL} rows count calls, not images: their CPU is per call.", "",
         *_cpu_table([*r.samples, *extra]), "",
     ]
     note = cost_note(r)
@@ -420,7 +474,13 @@ def write(r: BenchResult, folder: Path) -> list[Goal]:
     series = [*(r.photos.samples if r.photos else ()), *(r.fleet.samples if r.fleet else ())]
     write_samples_csv([*r.samples, *extra, *series], folder / "samples.csv")
     write_goals_csv(found, folder / "goals.csv")
-    if r.samples:
-        plot(r.samples, folder / "bench.png")
-    (folder / "report.md").write_text(render(r, found), encoding="utf-8")
+    answered = [s for s in r.samples if s.calls]  # a point without answers has no latency to draw
+    chart = False
+    if answered:
+        try:
+            plot(answered, folder / "bench.png")
+            chart = True
+        except Exception as exc:  # noqa: BLE001 - a chart that cannot be drawn must not cost the report
+            r.notes.append(f"bench.png not drawn: {type(exc).__name__}: {exc}")
+    (folder / "report.md").write_text(render(r, found, chart), encoding="utf-8")
     return found

@@ -3,14 +3,14 @@
     python -m loadtest.flood TARGET IMAGE_FILE SECONDS IN_FLIGHT CLIENT_ID
 
 keeps IN_FLIGHT calls open against the gateway at TARGET for SECONDS, as caller CLIENT_ID, and
-prints one JSON line: answers, refusals by gRPC code, p50/p99 latency in ms.
+prints one JSON line: answers, refusals by gRPC code, p50/p99 latency in ms (null when
+nothing was answered).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -19,6 +19,7 @@ import grpc
 
 from imgclass_client.proto.classifier.v1 import classifier_pb2 as pb
 from imgclass_client.proto.classifier.v1 import classifier_pb2_grpc as pb_grpc
+from loadtest.loadgen import percentile
 
 
 async def flood(target: str, image: bytes, seconds: float, in_flight: int, client_id: str) -> dict:
@@ -41,9 +42,9 @@ async def flood(target: str, image: bytes, seconds: float, in_flight: int, clien
                 latencies.append(time.monotonic() - started)
 
         await asyncio.gather(*(worker() for _ in range(in_flight)))
-    ordered = sorted(latencies) or [0.0]
-    return {"answers": len(latencies), "answers_per_s": len(latencies) / seconds, "refused": codes,
-            "p50_ms": statistics.median(ordered) * 1000, "p99_ms": ordered[int(len(ordered) * 0.99) - 1] * 1000}
+    ms = [s * 1000 for s in latencies]
+    return {"answers": len(latencies), "refused": codes,
+            "p50_ms": percentile(ms, 0.5), "p99_ms": percentile(ms, 0.99)}
 
 
 if __name__ == "__main__":

@@ -20,17 +20,27 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import multiprocessing
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, Sequence
+from typing import Iterator, Literal, Protocol, Sequence
 
 Kind = Literal["classify", "predict_bytes", "predict_pixels", "health"]
 START_MARGIN_S = 0.5  # time for every worker to receive its task before the common start
 MAX_MESSAGE_BYTES = 64 * 2**20
 LOADGEN_CPU = "load generator"
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The `q` quantile (0 < q < 1, to 0.001) of `values`, interpolated; None when there are none."""
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=1000, method="inclusive")[round(q * 1000) - 1]
 
 
 @dataclass(frozen=True)
@@ -83,11 +93,9 @@ class Sample:
         return 1000.0 * self.cpu_seconds[process] / images
 
     def percentile_ms(self, q: float) -> float:
-        if not self.latencies_ms:
-            return float("nan")
-        if len(self.latencies_ms) == 1:
-            return self.latencies_ms[0]
-        return statistics.quantiles(self.latencies_ms, n=1000, method="inclusive")[round(q * 1000) - 1]
+        """NaN when no call completed (the report shows it as `–`)."""
+        value = percentile(self.latencies_ms, q)
+        return float("nan") if value is None else value
 
 
 def _requests(work: Workload) -> list:
@@ -215,6 +223,36 @@ class Probe(Protocol):
     def record(self, sample: "Sample") -> None: ...
 
 
+@contextlib.contextmanager
+def probing(probes: Sequence[Probe]) -> Iterator[None]:
+    """Begin the probes, in order, around the block; end every one begun, in order, also when a
+    begin, the block or another end fails (a py-spy must never outlive its window). Raises the
+    first failure."""
+    begun: list[Probe] = []
+    try:
+        for probe in probes:
+            begun.append(probe)  # ended even if its begin fails half-way
+            probe.begin()
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):  # the failure to report is the first one
+            _end(begun)
+        raise
+    _end(begun)
+
+
+def _end(probes: Sequence[Probe]) -> None:
+    """End every probe; the first failure is raised once all have been ended."""
+    failure: Exception | None = None
+    for probe in probes:
+        try:
+            probe.end()
+        except Exception as exc:  # noqa: BLE001 - raised below, after the other probes have ended
+            failure = failure or exc
+    if failure is not None:
+        raise failure
+
+
 def _sleep_until(wall_clock: float) -> None:
     time.sleep(max(0.0, wall_clock - time.time()))
 
@@ -247,11 +285,8 @@ class LoadGenerator:
         start_at = time.time() + START_MARGIN_S
         futures = [self._pool.submit(_worker, work, n, start_at, self.warmup_s, self.seconds) for n in shares]
         _sleep_until(start_at + self.warmup_s)
-        for probe in probes:
-            probe.begin()
-        _sleep_until(start_at + self.warmup_s + self.seconds)
-        for probe in probes:
-            probe.end()
+        with probing(probes):
+            _sleep_until(start_at + self.warmup_s + self.seconds)
         per_call = work.batch if work.kind.startswith("predict") else 1
         sample = Sample(series, concurrency, len(shares), self.seconds, per_call)
         errors: collections.Counter = collections.Counter()

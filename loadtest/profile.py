@@ -108,7 +108,10 @@ class Profiler:
         if py_spy() is None:
             self.profile.error = "py-spy is not installed (pip install py-spy; it is in the dev extra)"
             return
-        self._runs = [self._start("raw", STACKS_TXT), self._start("flamegraph", FLAME_SVG)]
+        for name in (STACKS_TXT, FLAME_SVG):  # a previous run's files must not pass for this one's
+            (self._folder / name).unlink(missing_ok=True)
+        for fmt, output in (("raw", STACKS_TXT), ("flamegraph", FLAME_SVG)):
+            self._runs.append(self._start(fmt, output))  # kept one by one: `end` stops whatever started
 
     def end(self) -> None:
         outputs = []
