@@ -71,7 +71,7 @@ loadtest: install ## Locust run with an SLO verdict; report in reports/loadtest/
 	$(PY) -m loadtest.run $(if $(HOST),--host $(HOST)) $(ARGS)
 
 bench: install ## side-by-side benchmark (PROFILE=1: py-spy on the gateway); report in reports/bench/<timestamp>/
-	$(PY) -m loadtest.bench $(if $(PROFILE),--profile) $(ARGS)
+	$(PY) -m loadtest.bench $(if $(filter 1,$(PROFILE)),--profile) $(ARGS)
 
 clean: ## remove the venv and caches (keeps models/)
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info

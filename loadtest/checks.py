@@ -20,7 +20,8 @@ _SCORE_SLACK = 1e-4  # float32 probabilities may overshoot [0, 1] by rounding
 
 
 class InvalidAnswer(Exception):
-    """The server answered, but not what the contract promises; the message says what was wrong."""
+    """The server answered, but not what README.md ("API") says it answers; the message says what
+    was wrong."""
 
 
 @dataclass(frozen=True)

@@ -271,8 +271,8 @@ class RestClassifierUser(FastHttpUser):
 
 
 def _http_failure(resp) -> str:
-    """'HTTP 503 unavailable: ...' from the contract's error body; no request id (it would make
-    every failure unique in Locust's failure table)."""
+    """'HTTP 503 unavailable: ...' from the gateway's error body (README.md, "API", the Errors
+    table); no request id (it would make every failure unique in Locust's failure table)."""
     if not resp.status_code:
         return f"connection failed: {resp.error}"
     try:
