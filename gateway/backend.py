@@ -9,7 +9,7 @@ error kinds here, once; the model server's own error details go to the log, neve
 
 What the gateway learns about a model version comes from here too: the input size and channels
 from the `serving_default` signature in GetModelMetadata, and the labels from the `classes` output
-of one Predict on a blank image (README, "Models on disk").
+of one Predict on a blank image (docs/architecture.md, "The model directory contract").
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ class Endpoint:
         response = await self._call("Predict", self._predictions.Predict, request, name, pinned=True)
         try:
             return parse_labels(response)
-        except (KeyError, ValueError) as exc:
+        except (KeyError, ValueError, IndexError) as exc:
             raise Unavailable(f"model {name} version {signature.version} has no usable `{CLASSES}` "
                               f"output: {exc}") from None
 
@@ -179,6 +179,10 @@ class Endpoint:
             log.log(logging.DEBUG if quiet else logging.WARNING, "model server %s: %s for model %s: %s: %s",
                     self.address, method, model, err.code().name, err.details())
             raise self._translate(err, model, pinned) from None
+        except grpc.aio.UsageError:  # the channel closed under the call (the endpoint left the fleet)
+            self._record(method, "UNAVAILABLE", started)
+            raise CallFailed(f"the channel to model server {self.address} is closed",
+                             grpc.StatusCode.UNAVAILABLE) from None
         finally:
             self._metrics.backend_inflight.dec()
         self._record(method, "OK", started)

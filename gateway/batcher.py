@@ -4,8 +4,8 @@ Callers `submit()` one item, saying who they are (`caller`: an API key's name, a
 address), and await their own row of the answer. A worker task flushes a batch when
 `max_batch_size` items wait or the oldest has waited `max_wait` seconds, whichever comes first, and
 sends it with `send(key, payloads, deadline)`, which answers one row per item (a GatewayError
-as a row fails that item alone). When no batch is in flight, what waits is sent at
-once, and an item that finds nothing waiting and nothing in flight is sent by its caller's own task
+as a row fails that item alone). When no batch is in flight as the worker starts a batch, what
+waits is sent at once, and an item that finds nothing waiting and nothing in flight is sent by its caller's own task
 straight away: an idle model answers a lone request without the wait or a hand-off. At most `max_concurrent` batches are
 in flight (the caller of `set_capacity` may change that); while they all are, new items wait and
 form the next, bigger batch - batching adapts to load.
@@ -136,14 +136,11 @@ class MicroBatcher(Generic[R]):
         batch). Overloaded when a bound turns it away; ShuttingDown after close()."""
         if self._closed:
             raise ShuttingDown("the gateway is shutting down")
-        state = self._callers.get(caller)
-        if state is None:
-            state = self._callers[caller] = _Caller(caller, *self._policy(caller))
+        # A caller's state is kept only while it has items queued (an idle caller keeps none).
+        state = self._callers.get(caller) or _Caller(caller, *self._policy(caller))
         if state.limit and state.waiting >= state.limit:
             raise self._overloaded(state, f"caller {caller or 'anonymous'} has {state.waiting} requests queued "
                                           f"for model {self.name} (its limit)")
-        if self._waiting >= self.max_queue:
-            self._make_room(state)
         loop = asyncio.get_running_loop()
         idle = not self._waiting and not self._inflight
         # A caller with nothing queued or in flight, while every batch slot is taken, need not wait
@@ -155,6 +152,9 @@ class MicroBatcher(Generic[R]):
             # what batching costs a lone request.
             return await self._send_alone(_Item(key, payload, deadline, loop.time(), state, loop.create_future(),
                                                 waiting=False), loop)
+        if self._waiting >= self.max_queue:
+            self._make_room(state)
+        self._callers[caller] = state
         if self._worker is None:
             # A fresh context: the long-lived worker must not keep the first caller's (trace, ids).
             self._worker = loop.create_task(self._run(), name=f"batcher-{self.name}", context=contextvars.Context())

@@ -32,13 +32,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, ContextManager, Iterator
 
 from imgclass_client.imaging import (Colour, DecodeLimits, ImageDecodeError, InputSpec, model_image, open_image,
-                                     sniff_format, to_pixels)
+                                     to_pixels)
 from PIL import Image, ImageColor
 
 from gateway.errors import InvalidImage, Overloaded
 
 __all__ = ["DecodeLimits", "Decoder", "InputSpec", "decode_image", "install_pillow_guards", "limit_malloc_arenas",
-           "parse_colour", "release_memory", "sniff_format"]
+           "parse_colour", "release_memory"]
 
 log = logging.getLogger(__name__)
 

@@ -92,6 +92,8 @@ class Fleet:
         self._listeners: list[Callable[[], None]] = []
         self._served: dict[str, dict[str, frozenset[int]]] = {}  # model -> served(model), until a change
         self._polling: asyncio.Task | None = None
+        self._watching = False               # run() is under way
+        self._resolver: asyncio.Task | None = None
         self._resolve_now = asyncio.Event()
         self._closing: set[asyncio.Task] = set()
         self._set_members(self._static_addresses())
@@ -115,7 +117,8 @@ class Fleet:
         out = {}
         for member in self.members.values():
             if member.health.healthy and member.polled:
-                usable = frozenset(v for v in member.available(model) if (model, v) in self._infos)
+                usable = frozenset(v for v in member.available(model)
+                                   if (model, v) in self._infos and (model, v) not in self._unusable)
                 if usable:
                     out[member.address] = usable
         self._served[model] = out
@@ -204,17 +207,22 @@ class Fleet:
     # -- the watcher ---------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Poll every endpoint forever (and re-resolve a dns target); a task: cancel it to stop."""
-        resolver = asyncio.create_task(self._resolve_forever(), name="fleet-resolver") if self.target.resolves else None
+        """Poll every endpoint forever (and re-resolve a dns target); a task: cancel it to stop.
+        A round that fails unexpectedly is logged and the next one runs: the watcher never ends
+        by itself."""
+        self._watching = True
+        self._start_resolver()
         try:
             while True:
-                await self.poll()
+                try:
+                    await self.poll()
+                except Exception:
+                    log.exception("model server status round failed")
                 await asyncio.sleep(FAST_POLL_SECONDS if self._needs_fast_poll()
                                     else self._settings.health_check_interval_seconds)
         finally:
-            if resolver is not None:
-                resolver.cancel()
-                await asyncio.gather(resolver, return_exceptions=True)
+            self._watching = False
+            await self._stop_resolver()
 
     async def poll(self) -> None:
         """One status round over every endpoint (concurrent callers share one round)."""
@@ -244,14 +252,34 @@ class Fleet:
         if target != self.target:
             log.info("backend target changed", extra={"fields": {"event": "backend", "backend": settings.backend}})
             self.target, self.target_text = target, settings.backend
+            if not self._resolving:
+                await self._stop_resolver()
             self._set_members(self._static_addresses())
+            if self._watching:
+                self._start_resolver()
             self._resolve_now.set()
+            self._polling = None  # a round under way asks the old endpoints: start one for the new ones
             await self.poll()
 
     async def close(self) -> None:
+        await self._stop_resolver()
+        if self._polling is not None:
+            self._polling.cancel()
+            await asyncio.gather(self._polling, return_exceptions=True)
         for member in list(self.members.values()):
             await member.endpoint.close()
         await asyncio.gather(*self._closing, return_exceptions=True)
+
+    def described(self, model: str) -> list[ServedVersion]:
+        """Every version of `model` described so far, served now or not."""
+        return [info for (name, _), info in self._infos.items() if name == model]
+
+    def reject(self, info: ServedVersion, problem: str) -> None:
+        """A described version no longer fits the model's settings: not used until they change."""
+        self._unusable[(info.name, info.version)] = (problem, asyncio.get_running_loop().time())
+        log.warning("model version unusable", extra={"fields": {
+            "event": "model_version_unusable", "model": info.name, "version": info.version, "problem": problem}})
+        self._changed()
 
     def forget_unusable(self) -> None:
         """Look at versions found unusable again (the settings that judged them changed)."""
@@ -342,6 +370,8 @@ class Fleet:
             # changes in one step, from versions the gateway can use to versions it can use.
             for version in sorted({v.version for v in versions if v.state == AVAILABLE}):
                 await self._describe(member, model, version)
+            if self.members.get(member.address) is not member:
+                return  # it left the fleet while we asked (re-resolved, or a new backend)
             before = member.available(model)
             member.versions[model] = tuple(versions)
             after = member.available(model)
@@ -409,7 +439,10 @@ class Fleet:
                 if addresses and set(addresses) != set(self.members):
                     self._set_members(addresses)
                     self._polling = None
-                    await self.poll()
+                    try:
+                        await self.poll()
+                    except Exception:
+                        log.exception("model server status round failed")
             self._resolve_now.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._settings.backend_resolve_seconds):
@@ -417,8 +450,23 @@ class Fleet:
             await asyncio.sleep(MIN_RESOLVE_SECONDS if self._resolve_now.is_set() else 0)
 
     def _resolve_soon(self) -> None:
-        if self.target.resolves:
+        if self._resolving:
             self._resolve_now.set()
+
+    @property
+    def _resolving(self) -> bool:
+        """A dns target the gateway resolves itself (in channel mode, grpc's resolver does)."""
+        return self.target.resolves and not self.channel_mode
+
+    def _start_resolver(self) -> None:
+        if self._resolving and (self._resolver is None or self._resolver.done()):
+            self._resolver = asyncio.create_task(self._resolve_forever(), name="fleet-resolver")
+
+    async def _stop_resolver(self) -> None:
+        if self._resolver is not None:
+            self._resolver.cancel()
+            await asyncio.gather(self._resolver, return_exceptions=True)
+            self._resolver = None
 
     def _log_health(self, member: Member, change: str) -> None:
         level = logging.INFO if change == "readmitted" else logging.WARNING

@@ -21,7 +21,7 @@ from typing import Awaitable, Callable, Mapping
 
 from gateway.types import ServedVersion
 from gateway.errors import GatewayError, ModelNotFound, Unavailable
-from gateway.fleet import Fleet
+from gateway.fleet import NOT_SERVED, Fleet
 from gateway.metrics import Metrics
 from gateway.routing import Route, TrafficSplit, VersionRequest, choose, default_route
 from gateway.settings import ModelSettings, Settings
@@ -107,8 +107,10 @@ class ModelRegistry:
                    load: Callable[[int], int] = lambda version: 0) -> Planned:
         """Where a request for model `name` goes. `load(version)`: images of that version queued or
         in flight now, which balances replicas that each answer with their own newest version.
-        ModelNotFound for an unknown model, version or label; Unavailable when no model server
-        serves the model now."""
+        ModelNotFound for an unknown model; VersionNotFound for a version no model server serves or
+        an undefined label (gateway/routing.py; a request with both a version and a label is refused
+        as InvalidArgument when its VersionRequest is made); Unavailable when no model server serves
+        the model now."""
         entry = self.entry(name)
         served = self._fleet.served(name)
         if not served:  # just started, or a version just moved on: look (at most every 0.2 s) before failing
@@ -188,6 +190,12 @@ class ModelRegistry:
             changed.append(entry.name)
         if changed:
             self._fleet.forget_unusable()
+            for name in changed:  # versions described earlier, not served now, may come back
+                for info in self._fleet.described(name):
+                    try:
+                        check_labels(info.labels, self._entries[name].settings.thresholds)
+                    except ValueError as exc:
+                        self._fleet.reject(info, f"model {name} version {info.version}: {exc}")
             self._fleet_changed()
         return changed
 
@@ -202,7 +210,7 @@ class ModelRegistry:
             return self._fleet.circuit_open()
         state, problem = self._fleet.model_state(name)
         return Unavailable(f"model {name} is not available yet ({state.lower()}"
-                           + (f": {problem})" if problem and state != "NOT_FOUND" else ")"))
+                           + (f": {problem})" if problem and state != NOT_SERVED else ")"))
 
     def _fleet_changed(self) -> None:
         for entry in self._entries.values():

@@ -8,10 +8,11 @@ settings stay. Of a valid one, these apply at once:
 * `models.<name>.*` of the models the gateway fronts: thresholds, uncertain label, labels,
   default_version, canary, shadow (gateway/registry.py);
 * `backend` (a static fleet that grew or shrank, another DNS name: gateway/fleet.py);
-* `callers` and `max_queue_per_caller` (fair queueing; a caller's new settings apply when it next
-  has requests waiting after an idle moment).
+* `callers`, `max_queue_per_caller` and `fair_queueing` (a caller's new settings apply when it
+  next has requests waiting after an idle moment).
 
-Any other change is logged as needing a restart, by name.
+Any other change is logged as needing a restart, by name, and is not applied: the running
+settings take only the keys above from the new file.
 """
 
 from __future__ import annotations
@@ -58,7 +59,10 @@ class SettingsReloader:
                 await self._wake.wait()
             forced = self._wake.is_set()
             self._wake.clear()
-            await self.check(forced)
+            try:
+                await self.check(forced)
+            except Exception:  # the watcher must outlive one bad reload
+                log.exception("config reload failed", extra={"fields": {"event": "config_reload", "ok": False}})
 
     async def check(self, forced: bool = False) -> bool:
         """Load the settings again when the file changed (or `forced`); True when some applied."""
@@ -83,8 +87,8 @@ class SettingsReloader:
         live = [k for k in changed if k in LIVE]
         if not live:
             return False
-        self.settings = fresh
-        await self._apply(fresh)
+        self.settings = self.settings.model_copy(update={k: getattr(fresh, k) for k in live})
+        await self._apply(self.settings)
         log.info("config reloaded", extra={"fields": {"event": "config_reload", "ok": True, "applied": live}})
         return True
 

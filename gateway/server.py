@@ -1,4 +1,5 @@
-"""`python -m gateway`: one process, one asyncio loop, a gRPC server and an HTTP server.
+"""`python -m gateway`: one asyncio loop, a gRPC server and an HTTP server per process (`--workers N`:
+N such processes on the same ports).
 
     python -m gateway --backend HOST:PORT --grpc-port N --http-port N --config FILE
 

@@ -47,9 +47,6 @@ class VersionChoice(BaseModel):
             raise ValueError("give exactly one of `version` and `label`")
         return self
 
-    def describe(self) -> str:
-        return f"version {self.version}" if self.version is not None else f"label {self.label!r}"
-
 
 class TrafficShare(VersionChoice):
     """A candidate version and the share of default traffic it gets (canary) or sees (shadow)."""

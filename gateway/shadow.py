@@ -17,7 +17,6 @@ import asyncio
 import functools
 import logging
 
-from gateway.types import Scores, ServedVersion
 from gateway.batcher import MicroBatcher
 from gateway.decode import Decoder
 from gateway.errors import GatewayError, Overloaded, Unavailable
@@ -25,7 +24,7 @@ from gateway.fleet import Fleet
 from gateway.metrics import Metrics
 from gateway.settings import ModelSettings, Settings
 from gateway.thresholds import decide
-from gateway.types import Decision
+from gateway.types import Decision, Scores, ServedVersion
 
 log = logging.getLogger(__name__)
 

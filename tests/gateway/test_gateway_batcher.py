@@ -256,6 +256,37 @@ def test_a_caller_with_nothing_in_flight_skips_the_wait_for_a_slot():
     run(main())
 
 
+def test_a_full_queue_turns_nobody_away_for_an_item_that_goes_express():
+    async def main():
+        model = Model(gate=True)
+        b = batcher(model, express=True, max_concurrent=1, max_queue=2)
+        heavy = [asyncio.create_task(b.submit("v1", f"h{i}", later(), caller="heavy")) for i in range(3)]
+        await settle()
+        assert model.batches == [["h0"]] and b.waiting("heavy") == 2  # the slot taken, the queue full
+        light = asyncio.create_task(b.submit("v1", "l0", later(), caller="light"))
+        await settle()
+        assert model.batches == [["h0"], ["l0"]]
+        assert not any(t.done() for t in heavy[1:]), "the light item never queued: nobody had to make room"
+        model.gate.set()
+        await asyncio.gather(light, *heavy)
+        await b.close()
+
+    run(main())
+
+
+def test_callers_that_never_queue_leave_no_state_behind():
+    async def main():
+        model = Model()
+        b = MicroBatcher("m", model, max_batch_size=4, max_wait=0.05, max_queue=64, max_concurrent=1)
+        for i in range(200):  # each finds the model idle and goes at once
+            await b.submit("v1", i, later(), caller=f"client-{i}")
+        assert len(model.batches) == 200
+        assert not b._callers, "a caller is remembered only while it has items queued"
+        await b.close()
+
+    run(main())
+
+
 def test_weights_share_batches_and_bulk_only_fills_what_interactive_leaves():
     async def main():
         policy = {"heavy": (3.0, False, 0), "light": (1.0, False, 0), "batch-job": (1.0, True, 0)}
