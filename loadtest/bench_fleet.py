@@ -93,9 +93,10 @@ def goals(r: FleetResult | None) -> list[Goal]:
     samples = {s.series: s for s in (r.samples if r else ())}
     endpoints, channel = samples.get(SERIES_ENDPOINTS), samples.get(SERIES_CHANNEL)
     x = ratio(r and r.rate(SERIES_ENDPOINTS), r and r.rate(SERIES_CHANNEL))
-    return [Goal(GOAL_NAME, "n/a" if x is None else f"{x:.2f}× ({endpoints.images_per_s:,.0f} vs "
-                                                    f"{channel.images_per_s:,.0f})",
-                 f"≥ {GOAL}×", None if x is None else x >= GOAL).counting_errors(endpoints, channel)]
+    measured = ("n/a (not measured)" if r is None else "n/a" if x is None else
+                f"{x:.2f}× ({endpoints.images_per_s:,.0f} vs {channel.images_per_s:,.0f})")
+    return [Goal(GOAL_NAME, measured, f"≥ {GOAL}×", None if x is None else x >= GOAL
+                 ).counting_errors(endpoints, channel)]
 
 
 def markdown(r: FleetResult | None, table) -> list[str]:
