@@ -18,6 +18,7 @@ import http.server
 import json
 import os
 import re
+import shutil
 import subprocess
 import threading
 import tomllib
@@ -849,6 +850,25 @@ def test_canary_is_one_pod_of_a_second_track_behind_the_same_service(source, sta
         f"{source}'s model-server container differs from {stable_source}'s"
     assert pod_spec(canary).get("tolerations") == pod_spec(stable).get("tolerations")
     assert canary["spec"]["strategy"] == stable["spec"]["strategy"]
+
+
+def test_canary_gpu_keeps_its_gpu_image_whatever_the_cpu_canary_is_pinned_to(tmp_path):
+    """Both canary overlays pin their own candidate (k8s/README.md, Canary). Were canary-gpu built on
+    ../canary, the CPU candidate pinned there (a registry name) would no longer match canary-gpu's
+    `images:` entry, and the GPU pod would run the CPU build."""
+    copy = tmp_path / "k8s"
+    shutil.copytree(K8S, copy)
+    pushed = "registry.example.com/imgclass/model-server:0.2.0"
+    kustomization = copy / "overlays" / "canary" / "kustomization.yaml"
+    data = yaml.safe_load(kustomization.read_text())
+    data["images"] = [{"name": "imgclass/model-server", "newName": pushed, "digest": "sha256:" + "0" * 64}]
+    kustomization.write_text(yaml.safe_dump(data))
+    assert {c["image"] for o in k8s_check.render(copy / "overlays" / "canary") if o["kind"] == "Deployment"
+            for c in pod_spec(o)["containers"]} == {f"{pushed}@sha256:{'0' * 64}"}
+    gpu = [c["image"] for o in k8s_check.render(copy / "overlays" / "canary-gpu") if o["kind"] == "Deployment"
+           for c in pod_spec(o)["containers"]]
+    assert gpu == [c["image"] for c in pod_spec(one("overlays/canary-gpu", "Deployment", "model-server-canary"))["containers"]]
+    assert all(re.search(r":[^/@]*-gpu(@|$)", image) for image in gpu), gpu
 
 
 def test_loadtest_runs_the_project_locustfile_against_the_gateway_service():
