@@ -9,7 +9,8 @@ run. ```yaml blocks whose first line names a file are merged into that file when
 reaches them. Inline `kubectl ...` commands in the prose run too.
 
 Checked: every kubectl call succeeds, every README line with a kubectl command ran it, every label
-selector selects something, every applied image passes the digest policy, the yaml blocks are valid
+selector selects something, every applied image passes the digest policy, every overlay the runbook
+pins or applies deploys digests only (no local-build name left), the yaml blocks are valid
 (a gateway config through the gateway's own settings model) and take effect, the commands the
 runbook runs inside pods work (Python compiles and names routes the gateway serves; the
 model-server loop is run against a stand-in TF Serving; gateway.canary_report is run on sample
@@ -19,6 +20,7 @@ metrics), and the runbook still covers what on-call needs (the `NEEDED` list).
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import re
 import shutil
@@ -99,7 +101,17 @@ def _inline_commands() -> list[str]:
 
 @functools.cache
 def _cluster_objects() -> list[dict]:
-    return [obj for source in CLUSTER for obj in k8s_check.render(k8s_check.K8S / source)]
+    """The CLUSTER sources as a cluster runs them after the runbook's first deploy: each image of the
+    project pushed to a registry and pinned by digest (what `rollout undo` goes back to)."""
+    objects = [obj for source in CLUSTER for obj in k8s_check.render(k8s_check.K8S / source)]
+    for obj in objects:
+        spec = obj.get("spec", {}).get("template", {}).get("spec", {})
+        for container in spec.get("containers", []) + spec.get("initContainers", []):
+            image = container["image"]
+            if image.startswith("imgclass/") and "@" not in image:
+                pushed = f"registry.example.com/{image}"
+                container["image"] = f"{pushed}@sha256:{hashlib.sha256(pushed.encode()).hexdigest()}"
+    return objects
 
 
 def _custom_metrics() -> set[str]:
@@ -233,15 +245,36 @@ def test_the_yaml_blocks_took_effect(run):
     assert fashion["labels"]["canary"] == 2 and fashion["canary"]["label"] == "canary" and fashion["shadow"]
 
 
+def _images(overlay: Path) -> set[str]:
+    return {c["image"] for o in k8s_check.render(overlay) if o["kind"] in ("Deployment", "Job")
+            for c in o["spec"]["template"]["spec"]["containers"] + o["spec"]["template"]["spec"].get("initContainers", [])}
+
+
+def test_the_overlays_the_runbook_pins_deploy_only_digests(run):
+    """After the runbook's build, pin and rollout steps, every image of every overlay it pinned or
+    applied is pinned by digest: the local-build names the policy lets through (kind, minikube)
+    would sit in ImagePullBackOff on a real cluster. So a pushed-but-not-pinned image (the -gpu
+    model server, the load test) or an overlay nobody pins fails here, though `make k8s-check` passes."""
+    pinned = {Path(e["note"]).parent.name for e in run.entries() if e.get("tool") == "kustomize"}
+    applied = {Path(c["argv"][c["argv"].index("-k") + 1]).name for c in _calls(run) if c["argv"][:1] == ["apply"]}
+    overlays = {p.parent.name for p in (run.sandbox / "k8s" / "overlays").glob("*/kustomization.yaml")}
+    assert {"cpu", "gpu", "loadtest"} <= pinned, f"the build steps pin only {sorted(pinned)}"
+    unpinned = {o: sorted(i for i in _images(run.sandbox / "k8s" / "overlays" / o) if "@sha256:" not in i)
+                for o in (pinned | applied) & overlays}
+    assert not any(unpinned.values()), f"left unpinned after the runbook: {unpinned}"
+
+
 def test_the_rollout_procedure_deploys_pinned_images(run):
-    """After the runbook's build and rollout steps the overlays deploy digests, which the policy
-    accepts, while a plain new tag (the old procedure) is refused."""
+    """The rollout and canary steps pin the candidate by digest (the stable overlay's pin is then
+    undone back to what runs), which the policy accepts, while a plain new tag (the old procedure)
+    is refused."""
     version = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), flags=re.M).group(1)
-    for overlay in ("cpu", "canary"):
-        images = {c["image"] for o in k8s_check.render(run.sandbox / "k8s" / "overlays" / overlay)
-                  if o["kind"] == "Deployment" for c in o["spec"]["template"]["spec"]["containers"]}
-        assert images and all(k8s_check.image_problem(i, version) is None for i in images), images
-        assert any("@sha256:" in i for i in images), f"overlays/{overlay} still deploys {images}"
+    candidate = re.compile(rf"^imgclass/model-server=\S+/model-server:{re.escape(version)}-m2@sha256:[0-9a-f]{{64}}$")
+    pins = {Path(e["note"]).parent.name for e in run.entries()
+            if e.get("tool") == "kustomize" and any(candidate.match(a) for a in e["argv"])}
+    assert {"cpu", "canary"} <= pins, f"the candidate was pinned only in {sorted(pins)}"
+    images = _images(run.sandbox / "k8s" / "overlays" / "canary")
+    assert images and all(k8s_check.image_problem(i, version) is None and "-m2@sha256:" in i for i in images), images
     assert k8s_check.image_problem(f"imgclass/model-server:{version}-m2", version)
     applied = [c for c in _calls(run) if c["argv"][:2] == ["apply", "-k"]]
     assert applied and all(c["rc"] == 0 for c in applied)
