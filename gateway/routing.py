@@ -5,7 +5,9 @@ model server endpoint serves - and the model's routing settings (labels, default
 shadow). The rules, in order:
 
 1. A request that names a version (or a label, looked up in the settings) gets exactly that
-   version, or VERSION_NOT_FOUND naming what is served.
+   version, or VERSION_NOT_FOUND naming what is served. What no model could satisfy - a negative
+   version, a label over 128 characters, both a version and a label - is INVALID_ARGUMENT as the
+   VersionRequest is made, before the fleet is asked: the same answer from every entry point.
 2. A canary's share of the default traffic goes to the candidate when some healthy endpoint
    serves it; otherwise that share stays with the default version (nothing fails).
 3. Default traffic never goes to a canary or shadow candidate (unless nothing else is served):
@@ -32,6 +34,7 @@ from gateway.errors import InvalidArgument, Unavailable, VersionNotFound
 from gateway.settings import ModelSettings, VersionChoice
 
 CANARY_KEY_HEADER = "x-canary-key"       # header / metadata that keeps a caller on one side of a split
+MAX_LABEL_CHARS = 128                    # a requested version label, on every transport and route
 
 Served = Mapping[str, frozenset[int]]   # endpoint address -> usable versions it serves
 Pick = Callable[[Mapping[str, int]], str]  # {endpoint: its newest version} -> the endpoint to answer
@@ -39,11 +42,24 @@ Pick = Callable[[Mapping[str, int]], str]  # {endpoint: its newest version} -> t
 
 @dataclass(frozen=True)
 class VersionRequest:
-    """What the caller asked for: a version number (0: none), a label ("" none), a stickiness key."""
+    """What the caller asked for: a version number (0: none), a label ("" none), a stickiness key.
+
+    InvalidArgument, raised on creation, for what no model could satisfy: a negative version, a
+    label over MAX_LABEL_CHARS characters, or both a version and a label.
+    """
 
     version: int = 0
     label: str = ""
     key: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.version < 0:
+            raise InvalidArgument(f"version must be 0 (the gateway's choice) or more, not {self.version}")
+        if len(self.label) > MAX_LABEL_CHARS:
+            raise InvalidArgument(f"version_label must be at most {MAX_LABEL_CHARS} characters, "
+                                  f"not {len(self.label)}")
+        if self.version and self.label:
+            raise InvalidArgument("give a version or a version label, not both")
 
 
 @dataclass(frozen=True)
@@ -84,12 +100,29 @@ def all_versions(served: Served) -> frozenset[int]:
     return frozenset().union(*served.values()) if served else frozenset()
 
 
-def describe_served(name: str, served: Served, settings: ModelSettings) -> str:
-    versions = sorted(all_versions(served))
-    text = f"model {name} serves version{'s' if len(versions) != 1 else ''} {', '.join(map(str, versions)) or 'none'}"
-    if settings.labels:
-        text += "; labels " + ", ".join(f"{k}={v}" for k, v in sorted(settings.labels.items()))
+def describe_served(name: str, versions: frozenset[int], labels: Mapping[str, int]) -> str:
+    shown = sorted(versions)
+    text = f"model {name} serves version{'s' if len(shown) != 1 else ''} {', '.join(map(str, shown)) or 'none'}"
+    if labels:
+        text += "; labels " + ", ".join(f"{k}={v}" for k, v in sorted(labels.items()))
     return text
+
+
+def named_version(name: str, request: VersionRequest, labels: Mapping[str, int], versions: frozenset[int]) -> int:
+    """The version `request` names (0: none): its version, or the one its label points at in the
+    model's `labels`. VersionNotFound for a label `labels` does not define, or for a version not
+    among `versions` (those served; not checked while none is: the model is unavailable then, not
+    the version unknown)."""
+    if request.label:
+        if request.label not in labels:
+            defined = ", ".join(sorted(labels)) or "none"
+            raise VersionNotFound(f"model {name} has no version label {request.label[:64]!r} (labels: {defined})")
+        wanted = labels[request.label]
+    else:
+        wanted = request.version
+    if wanted and versions and wanted not in versions:
+        raise VersionNotFound(f"model {name} version {wanted} is not served; {describe_served(name, versions, labels)}")
+    return wanted
 
 
 def _served_choice(choice: VersionChoice | None, settings: ModelSettings, versions: frozenset[int]) -> int | None:
@@ -118,24 +151,15 @@ def common_version(pool: Served) -> int | None:
 
 def choose(name: str, request: VersionRequest, settings: ModelSettings, served: Served, pick: Pick,
            canary: TrafficSplit, shadow: TrafficSplit) -> Route:
-    """The route for one request; ModelNotFound for an unknown version or label, Unavailable when
-    no healthy endpoint serves the model."""
+    """The route for one request; VersionNotFound for a version no model server serves or a label
+    the settings do not define (named_version), Unavailable when no healthy endpoint serves the
+    model. (A request with both a version and a label never gets here: VersionRequest refuses it.)"""
     versions = all_versions(served)
-    if request.version and request.label:
-        raise InvalidArgument("give a version or a version label, not both")
-    if request.label:
-        if request.label not in settings.labels:
-            defined = ", ".join(sorted(settings.labels)) or "none"
-            raise VersionNotFound(f"model {name} has no version label {request.label[:64]!r} (labels: {defined})")
-        wanted, why = settings.labels[request.label], "label"
-    else:
-        wanted, why = request.version, "requested"
+    wanted = named_version(name, request, settings.labels, versions)
     if not versions:
         raise Unavailable(f"model {name} is not available yet: no model server serves it")
     if wanted:
-        if wanted not in versions:
-            raise VersionNotFound(f"model {name} version {wanted} is not served; {describe_served(name, served, settings)}")
-        return Route(wanted, why, strict=True)
+        return Route(wanted, "label" if request.label else "requested", strict=True)
 
     shadow_version = None
     if settings.shadow is not None and shadow.hit(settings.shadow.percent, request.key):

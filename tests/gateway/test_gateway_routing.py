@@ -82,14 +82,25 @@ def test_a_caller_names_a_version_or_a_label():
     assert route(served, settings, VersionRequest(version=2)) == Route(2, "requested", strict=True)
     assert route(served, settings, VersionRequest(label="stable")) == Route(1, "label", strict=True)
     for request, kind, words in [(VersionRequest(version=3), ErrorKind.VERSION_NOT_FOUND, "serves versions 1, 2; labels canary=2"),
-                                 (VersionRequest(label="beta"), ErrorKind.VERSION_NOT_FOUND, "labels: canary, stable"),
-                                 (VersionRequest(1, "stable"), ErrorKind.INVALID_ARGUMENT, "not both")]:
+                                 (VersionRequest(label="beta"), ErrorKind.VERSION_NOT_FOUND, "labels: canary, stable")]:
         with pytest.raises(GatewayError, match=words) as err:
             route(served, settings, request)
         assert err.value.kind is kind
     with pytest.raises(GatewayError) as err:
         route({}, settings, VersionRequest(version=1))
     assert err.value.kind is ErrorKind.UNAVAILABLE
+
+
+@pytest.mark.parametrize("version, label, words", [
+    (-1, "", "version must be 0 (the gateway's choice) or more, not -1"),
+    (0, "x" * 129, "version_label must be at most 128 characters, not 129"),
+    (1, "stable", "not both"),
+])
+def test_what_no_model_could_serve_is_refused_before_the_fleet_is_asked(version, label, words):
+    with pytest.raises(GatewayError) as err:
+        VersionRequest(version, label)
+    assert err.value.kind is ErrorKind.INVALID_ARGUMENT and words in str(err.value)
+    assert VersionRequest(0, "x" * 128).label  # the longest label a request may name
 
 
 def test_a_canary_takes_its_exact_share_and_default_traffic_never_sees_the_candidate():
