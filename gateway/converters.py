@@ -3,17 +3,21 @@ and REST JSON.
 
 One place, so the gRPC answer and the REST answer for the same image are the same answer: the JSON
 has the field names of the proto (README, "API") and its scores are the float32 values the proto
-carries; an error is the same code, reason, message and retry hint on both transports.
+carries; an error is the same code, reason, message and retry hint on both transports. A score that
+is not a finite number (a broken model's NaN) is left out of the predictions on both (JSON has no
+NaN; the decision is already "not sure", reason LOW_SCORE: gateway/thresholds.py).
 """
 
 from __future__ import annotations
 
+import math
+
 from imgclass_client.proto.classifier.v1 import classifier_pb2 as pb
 
-from gateway.types import Classification, ImageRequest, ModelSummary
 from gateway.errors import GatewayError
-from gateway.thresholds import f32
 from gateway.status import error_to_status
+from gateway.thresholds import f32
+from gateway.types import Classification, Decision, ImageRequest, LabelScore, ModelSummary
 
 # ModelInfo.state_code for the state names the fleet reports.
 _STATE_CODES = {"START": pb.ModelInfo.STATE_START, "LOADING": pb.ModelInfo.STATE_LOADING,
@@ -32,11 +36,16 @@ def input_from_proto(request: pb.ClassifyRequest, route_key: str | None = None, 
 
 # -- answers --------------------------------------------------------------------------------------
 
+def _shown(decision: Decision) -> list[LabelScore]:
+    """The predictions an answer carries: those with a finite score."""
+    return [p for p in decision.predictions if math.isfinite(p.score)]
+
+
 def classification_to_proto(result: Classification, index: int = 0, id: str = "") -> pb.ClassifyResponse:
     d = result.decision
     return pb.ClassifyResponse(
         model=result.model, model_version=result.version, label=d.label, confident=d.confident,
-        predictions=[pb.Prediction(label=p.label, score=p.score) for p in d.predictions],
+        predictions=[pb.Prediction(label=p.label, score=p.score) for p in _shown(d)],
         reason=pb.ClassifyResponse.Reason.Value(d.reason), id=id, index=index,
     )
 
@@ -53,7 +62,7 @@ def classification_to_json(result: Classification) -> dict:
     return {
         "model": result.model, "model_version": result.version, "label": d.label,
         "confident": d.confident, "reason": d.reason,
-        "predictions": [{"label": p.label, "score": f32(p.score)} for p in d.predictions],
+        "predictions": [{"label": p.label, "score": f32(p.score)} for p in _shown(d)],
     }
 
 

@@ -7,6 +7,9 @@ and "the model's decision" cannot drift apart.
 First the out-of-distribution guard, when the model exports an OOD score (training/ood.py): an
 image whose `ood_score` is above the threshold (the model's own exported `ood_threshold`, or
 `ood.max_score` when the settings override it) is uncertain, whatever its class scores say.
+Then a row with a class score that is not a finite number (NaN, an infinity: a broken model or
+input) is uncertain with reason LOW_SCORE - there is no score to trust - and its top-k lists such
+scores last (the transports leave them out: gateway/converters.py).
 Then one of two rules, chosen by the number of labels the model reports:
 
 * two labels: a band on the positive class's score. `> upper` gives the positive label,
@@ -22,6 +25,7 @@ that is "0.35" on the wire is exactly the threshold 0.35, not a hair below it.
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import Sequence
 
@@ -104,10 +108,15 @@ def check_labels(labels: Sequence[str], thresholds: Thresholds) -> None:
         raise ValueError(f"positive_label {positive!r} is not one of the model's labels {list(labels)}")
 
 
+def ranked(scores: Sequence[float]) -> list[int]:
+    """The indexes of `scores`, highest first (ties keep the model's label order); scores that are
+    not finite numbers (NaN, infinities) come last, in label order."""
+    return sorted(range(len(scores)), key=lambda i: (0, -scores[i]) if math.isfinite(scores[i]) else (1, 0))
+
+
 def top_predictions(labels: Sequence[str], scores: Sequence[float], top_k: int) -> tuple[LabelScore, ...]:
-    """The `top_k` highest scores (ties keep the model's label order)."""
-    order = sorted(range(len(scores)), key=lambda i: -scores[i])
-    return tuple(LabelScore(labels[i], float(scores[i])) for i in order[:max(top_k, 0)])
+    """The `top_k` highest scores, as `ranked` orders them."""
+    return tuple(LabelScore(labels[i], float(scores[i])) for i in ranked(scores)[:max(top_k, 0)])
 
 
 def out_of_distribution(ood_score: float | None, ood_threshold: float | None, guard: OodGuard) -> bool:
@@ -133,22 +142,24 @@ def decide(labels: Sequence[str], scores: Sequence[float], thresholds: Threshold
 
     `ood_score` and `ood_threshold` are the model's outputs of those names for this image (None
     for a model without them). The OOD guard goes first: an image it rejects is uncertain with
-    reason OUT_OF_DISTRIBUTION, whatever the class scores say.
+    reason OUT_OF_DISTRIBUTION, whatever the class scores say. Then a row with a class score that
+    is not a finite number is uncertain with reason LOW_SCORE.
     """
     if len(labels) != len(scores):
         raise ValueError(f"{len(scores)} scores for {len(labels)} labels")
     check_labels(labels, thresholds)
     predictions = top_predictions(labels, scores, top_k)
-    ood = None if ood_score is None else float(ood_score)
     if out_of_distribution(ood_score, ood_threshold, thresholds.ood):
-        return Decision(uncertain_label, False, predictions, OUT_OF_DISTRIBUTION, ood)
+        return Decision(uncertain_label, False, predictions, OUT_OF_DISTRIBUTION)
+    if not all(math.isfinite(score) for score in scores):
+        return Decision(uncertain_label, False, predictions, LOW_SCORE)
     if len(labels) == 2:
         label, reason = _binary_label(labels, scores, thresholds.binary)
     else:
         label, reason = _multiclass_label(labels, scores, thresholds.multiclass)
     if label is None:
-        return Decision(uncertain_label, False, predictions, reason, ood)
-    return Decision(label, True, predictions, reason, ood)
+        return Decision(uncertain_label, False, predictions, reason)
+    return Decision(label, True, predictions, reason)
 
 
 def _binary_label(labels: Sequence[str], scores: Sequence[float], band: BinaryBand) -> tuple[str | None, str]:
@@ -162,11 +173,11 @@ def _binary_label(labels: Sequence[str], scores: Sequence[float], band: BinaryBa
 
 
 def _multiclass_label(labels: Sequence[str], scores: Sequence[float], rule: MulticlassRule) -> tuple[str | None, str]:
-    ranked = sorted(range(len(scores)), key=lambda i: -scores[i])
-    top1 = f32(scores[ranked[0]])
-    top2 = f32(scores[ranked[1]]) if len(ranked) > 1 else 0.0
+    order = ranked(scores)
+    top1 = f32(scores[order[0]])
+    top2 = f32(scores[order[1]]) if len(order) > 1 else 0.0
     if top1 < f32(rule.min_score):
         return None, LOW_SCORE
     if f32(top1 - top2) < f32(rule.min_margin):
         return None, SMALL_MARGIN
-    return labels[ranked[0]], CONFIDENT
+    return labels[order[0]], CONFIDENT

@@ -86,14 +86,13 @@ class LabelScore:
 
 @dataclass(frozen=True)
 class Decision:
-    """The answer for one image: the decided label, why (one of thresholds.REASONS), the top-k
-    (highest first) and the OOD score it was judged on (None when the model has none)."""
+    """The answer for one image: the decided label, why (one of thresholds.REASONS) and the top-k
+    (highest first; scores that are not finite numbers last, gateway/thresholds.py)."""
 
     label: str
     confident: bool
     predictions: tuple[LabelScore, ...]
     reason: str = CONFIDENT
-    ood_score: float | None = None
 
 
 @dataclass(frozen=True)

@@ -1,18 +1,22 @@
-"""The answer rules (gateway/thresholds.py; README, "Decisions"), table-tested, exact edges included.
+"""The answer rules (gateway/thresholds.py; README, "Decisions"), table-tested, exact edges included,
+and what the converters make of a decision whose scores are not all finite numbers.
 
-Pure functions: imported in-process (they use no wire protos and no TensorFlow).
+Pure functions: imported in-process (no TensorFlow, no server).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import struct
 
 import pytest
 from pydantic import ValidationError
 
-from gateway.types import LabelScore
+from gateway.converters import classification_to_json, classification_to_proto
 from gateway.thresholds import (REASONS, BinaryBand, MulticlassRule, OodGuard, Thresholds, check_labels,
                                 decide)
+from gateway.types import Classification, LabelScore
 
 pytestmark = pytest.mark.unit  # in-process, no model, no server: make test-fast
 
@@ -91,7 +95,7 @@ def test_multiclass_rule(scores, label, confident):
 ])
 def test_every_decision_says_why(labels, scores, reason):
     d = decide(labels, [f32(s) for s in scores], DEFAULT)
-    assert d.reason == reason and d.confident == (reason == "CONFIDENT") and d.ood_score is None
+    assert d.reason == reason and d.confident == (reason == "CONFIDENT")
     assert reason in REASONS
 
 
@@ -120,7 +124,6 @@ def test_out_of_distribution_guard(labels, scores, rules, ood_score, ood_thresho
 
     assert (d.label, d.confident, d.reason) == (label, reason == "CONFIDENT", reason)
     assert len(d.predictions) == 2 and d.predictions[0].score == f32(max(scores))  # the scores are still shown
-    assert d.ood_score == f32(ood_score) or ood_score != ood_score
 
 
 def test_ood_guard_settings_are_validated():
@@ -175,3 +178,41 @@ def test_invalid_rules_are_refused():
         check_labels(BINARY, Thresholds(binary=BinaryBand(positive_label="dog")))
     with pytest.raises(ValueError, match="3 scores for 2 labels"):
         decide(BINARY, [0.1, 0.2, 0.7], DEFAULT)
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("labels, scores", [
+    (FASHION, row(Bag=NAN, Coat=0.1)),                 # a NaN top score is not confident
+    (FASHION, row(Bag=0.9, Coat=NAN)),                 # nor is a sure Bag beside a NaN: the row is broken
+    (FASHION, [NAN] * 10),
+    (FASHION, row(Bag=INF, Coat=0.1)),
+    (FASHION, row(Bag=0.9, Coat=-INF)),
+    (BINARY, [0.05, NAN]),
+    (BINARY, [NAN, 0.95]),
+])
+def test_scores_that_are_not_finite_numbers_are_uncertain_with_low_score(labels, scores):
+    d = decide(labels, scores, DEFAULT, "not sure", top_k=3)
+    assert (d.label, d.confident, d.reason) == ("not sure", False, "LOW_SCORE")
+    finite = [p.score for p in d.predictions if math.isfinite(p.score)]
+    assert finite == sorted(finite, reverse=True)
+    assert all(math.isfinite(p.score) for p in d.predictions[:len(finite)])  # the others come last
+
+
+def test_a_nan_row_ranks_its_finite_scores_first():
+    d = decide(FASHION, row(Bag=NAN, Coat=0.3, Dress=0.6), DEFAULT, top_k=10)
+    assert [p.label for p in d.predictions[:3]] == ["Dress", "Coat", "T-shirt/top"]
+    assert d.predictions[-1].label == "Bag" and math.isnan(d.predictions[-1].score)
+
+
+def test_the_transports_leave_out_scores_that_are_not_finite():
+    """REST answers with JSON that has no NaN (allow_nan=False would fail the whole answer); gRPC the same list."""
+    d = decide(FASHION, row(Bag=NAN, Coat=0.3, Dress=INF), DEFAULT, top_k=10)
+    result = Classification("fashion", 1, d)
+    body = classification_to_json(result)
+    json.dumps(body, allow_nan=False)  # raises ValueError on a NaN or an infinity
+    assert (body["label"], body["reason"], body["confident"]) == ("not sure", "LOW_SCORE", False)
+    assert [p["label"] for p in body["predictions"]] == ["Coat", *(l for l in FASHION if l not in ("Coat", "Bag", "Dress"))]
+    message = classification_to_proto(result)
+    assert [(p.label, p.score) for p in message.predictions] == [(p["label"], p["score"]) for p in body["predictions"]]
