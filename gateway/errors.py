@@ -102,10 +102,11 @@ class GatewayError(Exception):
         return self.kind.reason
 
     def retry_after_header(self) -> str | None:
-        """REST `retry-after`: whole seconds, at least 1 (the header has no fractions)."""
+        """REST `retry-after`: `retry_after` in whole seconds, rounded up (the header has no
+        fractions): 1 for OVERLOADED's 0.1 s, 0 - retry at once - for SHUTTING_DOWN, as RetryInfo says."""
         if not self.retryable or self.retry_after is None:
             return None
-        return str(max(1, math.ceil(self.retry_after)))
+        return str(max(0, math.ceil(self.retry_after)))
 
     def with_message(self, message: str) -> "GatewayError":
         """The same error (kind, retry hint, metadata) with another message."""

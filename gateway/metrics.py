@@ -30,7 +30,8 @@ class Metrics:
 
         self.requests = Counter(
             "gateway_requests", "Requests answered, by transport, route or RPC, model, model version (0: none) "
-            "and status (gRPC code name)", ["transport", "route", "model", "version", "status"], registry=r)
+            "and status (the gRPC code name over grpc, e.g. NOT_FOUND; the HTTP status over http, e.g. 404)",
+            ["transport", "route", "model", "version", "status"], registry=r)
         self.request_seconds = Histogram(
             "gateway_request_duration_seconds", "Time to answer a request",
             ["transport", "route", "model"], buckets=LATENCY_BUCKETS, registry=r)

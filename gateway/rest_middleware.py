@@ -8,7 +8,9 @@ one metrics sample and one log line - at debug level for the probes (`/healthz`,
 `/metrics`: a poll every few seconds is not news; `gateway_requests_total` still counts them).
 An unexpected exception anywhere below it is logged once, with the request id and traceback, and
 answered here as a 500 INTERNAL error body that carries the id too; it does not reach the server
-(uvicorn would log it a second time).
+(uvicorn would log it a second time) - unless the answer has started already: then no error body
+can follow, and it is re-raised so that the server breaks the connection off (and logs it again);
+the client sees a truncated answer, the request is counted and logged as a 500.
 
 `error_response` is the only place a REST error answer is made, for the routes' GatewayErrors,
 the middleware's refusals and 500s, and the framework's own errors (`install_error_handlers`):

@@ -30,7 +30,9 @@ _GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9
 RAW_BODY_TYPES = ("image/", "application/octet-stream")
 IMAGE_FIELD = "image"
 MAX_ID_CHARS = 128  # as classifier.v1.ClassifyRequest.id
-MAX_FIELDS = 8
+# Room a multipart body has besides its images: this many form fields, and this many more file parts
+# than the image limit (files not named `image` are read past, never classified, never counted as images).
+MAX_OTHER_PARTS = 8
 
 
 def request_timeout(headers: Headers) -> float | None:
@@ -87,13 +89,14 @@ async def image_from_body(request: Request, body: bytes, limit: int) -> bytes:
     """The image bytes: the multipart field `image`, or the whole body for image/* content."""
     media_type = _media_type(request)
     if media_type == "multipart/form-data":
-        form = await _form(request, body, 1, limit, InvalidArgument(
-            f"one image per request here, not several files: send them as `{IMAGE_FIELD}` parts to /v1/classify:batch"))
+        several = InvalidArgument(f"one image per request here, not several: send them as `{IMAGE_FIELD}` parts "
+                                  "to /v1/classify:batch")
+        form = await _form(request, body, 1, limit, several)
         try:
-            upload = form.get(IMAGE_FIELD)
-            if not isinstance(upload, UploadFile):
-                raise InvalidArgument(f"the multipart body has no file field named `{IMAGE_FIELD}`")
-            return await upload.read()
+            uploads = _image_parts(form)
+            if len(uploads) > 1:
+                raise several
+            return await uploads[0].read()
         finally:
             await form.close()
     if media_type.startswith(RAW_BODY_TYPES):
@@ -103,31 +106,42 @@ async def image_from_body(request: Request, body: bytes, limit: int) -> bytes:
 
 
 async def images_from_body(request: Request, body: bytes, limit: int, max_images: int) -> list[tuple[str, bytes]]:
-    """(id, bytes) of each multipart `image` part, in order; the id is the part's file name."""
+    """(id, bytes) of each multipart `image` part, in order; the id is the part's file name.
+    TooManyImages for more than `max_images` of them (other parts do not count)."""
     if _media_type(request) != "multipart/form-data":
         raise InvalidArgument(f"send the images as multipart/form-data parts named `{IMAGE_FIELD}`")
+    metadata = {"limit": str(max_images)}
     form = await _form(request, body, max_images, limit, TooManyImages(
-        f"more than {max_images} images in one request; the limit is {max_images}",
-        metadata={"limit": str(max_images)}))
+        f"more than {max_images + MAX_OTHER_PARTS} file parts in one request: the limit is {max_images} images, "
+        f"and {max_images + MAX_OTHER_PARTS} file parts in all", metadata=metadata))
     try:
-        uploads = form.getlist(IMAGE_FIELD)
-        if not uploads or not all(isinstance(u, UploadFile) for u in uploads):
-            raise InvalidArgument(f"the multipart body has no file fields named `{IMAGE_FIELD}`, or one "
-                                  "that is not a file")
+        uploads = _image_parts(form)
+        if len(uploads) > max_images:
+            raise TooManyImages(f"{len(uploads)} images in one request; the limit is {max_images}", metadata=metadata)
         return [((u.filename or "")[:MAX_ID_CHARS], await u.read()) for u in uploads]
     finally:
         await form.close()
 
 
-async def _form(request: Request, body: bytes, max_files: int, limit: int, too_many: GatewayError) -> FormData:
-    """The multipart form in `body` (already read); `too_many` is raised for more than `max_files` files."""
+def _image_parts(form: FormData) -> list[UploadFile]:
+    """The form's `image` parts; InvalidArgument when there is none, or one that is not a file."""
+    uploads = form.getlist(IMAGE_FIELD)
+    if not uploads or not all(isinstance(u, UploadFile) for u in uploads):
+        raise InvalidArgument(f"the multipart body has no file part named `{IMAGE_FIELD}` (or one that is not a file)")
+    return uploads
+
+
+async def _form(request: Request, body: bytes, max_images: int, limit: int, too_many: GatewayError) -> FormData:
+    """The multipart form in `body` (already read), with room for `max_images` images and
+    MAX_OTHER_PARTS other files and fields; `too_many` is raised for more files than that."""
     async def replay() -> Message:
         return {"type": "http.request", "body": body, "more_body": False}
 
     # Without "app" in its scope, Starlette raises its own parse errors instead of a bare HTTP 400.
     scope = {key: value for key, value in request.scope.items() if key != "app"}
     try:
-        return await Request(scope, replay).form(max_files=max_files, max_fields=MAX_FIELDS, max_part_size=limit)
+        return await Request(scope, replay).form(max_files=max_images + MAX_OTHER_PARTS, max_fields=MAX_OTHER_PARTS,
+                                                 max_part_size=limit)
     except MultiPartException as exc:
         if exc.message.startswith("Too many files"):
             raise too_many from None

@@ -5,7 +5,8 @@ converters' JSON; errors are raised as GatewayErrors and answered by rest_middle
 classify takes its deadline from `x-request-timeout` (or `grpc-timeout`), capped to the gateway's
 request timeout, and its caller and canary route key from the request record the middleware made.
 A client that hangs up has its classification cancelled, the model server call included, as a
-gRPC client's cancellation does.
+gRPC client's cancellation does. The query's version and version_label are checked by the core
+(gateway/routing.py), so a bad one gets the answer gRPC gives; top_k's range is checked here first.
 
     POST /v1/classify, /v1/models/{model}:classify          one image; ?top_k= &version= &version_label=
     POST /v1/models/{model}/versions/{version}:classify     one image, that version
@@ -25,7 +26,6 @@ from fastapi.staticfiles import StaticFiles
 
 from gateway import converters
 from gateway.core import GatewayCore
-from gateway.types import ImageRequest
 from gateway.errors import GatewayError
 from gateway.logs import RequestRecord
 from gateway.metrics import Metrics
@@ -34,16 +34,21 @@ from gateway.rest_requests import (image_from_body, images_from_body, read_body,
 from gateway.rest_schemas import (CLASSIFY_ERRORS, CLASSIFY_OK, CLASSIFY_PARAMETERS, INT32_MAX, INT64_MAX, BatchOut,
                                   ClassifyOut, ExamplesOut, FleetOut, HealthOut, ModelsOut, ReadinessOut, batch_body,
                                   error_responses, image_body)
+from gateway.routing import MAX_LABEL_CHARS, VersionRequest, named_version
 from gateway.settings import Settings
+from gateway.types import ImageRequest
 
 PLACEHOLDER_PAGE = ("The web page is not installed (gateway/static/index.html is missing).\n"
                     "The API works: POST an image to /v1/classify; see /docs.\n")
 EXAMPLE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 
 _TOP_K = Query(0, ge=0, le=INT32_MAX, description="how many predictions to return; 0 means the configured default")
-_VERSION = Query(0, ge=0, le=INT64_MAX, description="a model version to use; 0 means the gateway's choice")
-_VERSION_LABEL = Query("", max_length=128, description="a version label of the gateway's settings "
-                                                       "(stable, canary, ...); not together with version")
+# version and version_label: their limits are documented here and checked by the core, as for gRPC.
+_VERSION = Query(0, le=INT64_MAX, json_schema_extra={"minimum": 0},
+                 description="a model version to use; 0 means the gateway's choice")
+_VERSION_LABEL = Query("", json_schema_extra={"maxLength": MAX_LABEL_CHARS},
+                       description="a version label of the gateway's settings (stable, canary, ...); not together "
+                                   "with version")
 _MODEL = PathParam(description="a model the gateway fronts (GET /v1/models)")
 
 
@@ -84,14 +89,25 @@ def add_routes(app: FastAPI, settings: Settings, service: GatewayCore, metrics: 
         return JSONResponse(converters.classification_to_json(result),
                             headers={"server-timing": server_timing(result.stages)})
 
+    def check_version(name: str, query: ClassifyQuery) -> None:
+        """The query's version or label, checked once for a whole batch with the core's rules:
+        InvalidArgument (gateway/routing.py's VersionRequest), VersionNotFound for a label the
+        model does not define or a version no model server serves (GET /v1/fleet's view of it)."""
+        wanted = VersionRequest(query.version, query.label)
+        if wanted.version or wanted.label:
+            fleet = service.fleet()["models"][name]
+            named_version(name, wanted, fleet["labels"], frozenset(v["version"] for v in fleet["versions"]))
+
     async def classify_batch(request: Request, model: str, query: ClassifyQuery) -> JSONResponse:
-        """One answer per image, in order; a failed image answers with its own error, the others go on."""
+        """One answer per image, in order; a failed image answers with its own error, the others go on.
+        What the query names applies to every image, so a bad top_k, version or label fails the call."""
         record: RequestRecord = request.state.record
         deadline = service.deadline(request_timeout(request.headers))
         record.model = service.resolve_model(model)
         body = await read_body(request, settings.max_body_bytes, deadline)
         images = await images_from_body(request, body, settings.max_body_bytes, settings.max_images_per_request)
         record.images = len(images)
+        check_version(record.model, query)
         inputs = [classify_input(record, image, query.top_k, query.version, query.label, id) for id, image in images]
         outcomes = await unless_client_leaves(request, service.classify_many(inputs, deadline))
         for outcome in outcomes:
@@ -132,8 +148,10 @@ def add_routes(app: FastAPI, settings: Settings, service: GatewayCore, metrics: 
               summary="Classify several images with the default model, one answer per image", **batch)
     async def classify_batch_default(request: Request, query: QueryOf) -> JSONResponse:
         """Body: one multipart part named `image` per image. Each answer is the image's decision or its
-        own error (`index`, `id`, `error`); the call fails as a whole only for what concerns all of it
-        (authentication, the model, the size or image count limits, its deadline)."""
+        own error (`index`, `id`, `error`); the call fails as a whole only for what concerns all of it:
+        authentication, the model, the query (top_k, version, version_label: INVALID_ARGUMENT or
+        VERSION_NOT_FOUND), the size or image count limits, its deadline. (Over gRPC each entry names its
+        own model and version, and fails alone.)"""
         return await classify_batch(request, "", query)
 
     @app.post("/v1/models/{model}:classifyBatch", operation_id="classifyBatchWithModel",

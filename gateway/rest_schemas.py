@@ -16,11 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat
 from pydantic.json_schema import SkipJsonSchema
 
 from gateway import converters
-from gateway.types import Classification
 from gateway.errors import (TABLE, ErrorKind, InvalidImage, ModelNotFound, Overloaded, TooManyImages,
                             Unauthenticated)
 from gateway.thresholds import CONFIDENT, REASONS, SMALL_MARGIN
-from gateway.types import Decision, LabelScore
+from gateway.types import Classification, Decision, LabelScore
 
 INT32_MAX = 2**31 - 1  # top_k is an int32 on the gRPC side; the same range here
 INT64_MAX = 2**63 - 1  # versions are int64
@@ -72,7 +71,9 @@ class ClassifyOut(BaseModel):
     label: str = Field(description="the top label when the thresholds pass, else the uncertain label")
     confident: bool
     reason: Literal[REASONS] = Field(description="why the decision is what it is")
-    predictions: list[PredictionOut] = Field(description="top-k, highest score first")
+    predictions: list[PredictionOut] = Field(description="top-k, highest score first; a score that is not a "
+                                                         "finite number (a broken model's NaN) is left out, and "
+                                                         "the decision is then not confident (LOW_SCORE)")
 
 
 class ErrorDetail(BaseModel):
@@ -247,7 +248,8 @@ def batch_body(formats: list[str], max_images: int) -> dict:
 HEADERS = {
     "RequestId": {"description": "the request's id: the client's `x-request-id`, or one the gateway made",
                   "required": True, "schema": {"type": "string"}},
-    "RetryAfter": {"description": "whole seconds until a retry may succeed", "required": True,
+    "RetryAfter": {"description": "whole seconds until a retry may succeed, rounded up: 0 means at once "
+                                  "(SHUTTING_DOWN: retry now, another replica answers)", "required": True,
                    "schema": {"type": "integer", "minimum": 0}},
     "WwwAuthenticate": {"description": "the scheme to use: Bearer", "required": True, "schema": {"type": "string"}},
     "ServerTiming": {"description": "milliseconds per stage: decode, queue_wait, predict, decide",
