@@ -82,9 +82,17 @@ class ClassifierServicer:
         """Up to 64 images in one call; one answer per request, in request order.
 
         Per item: a bad image (or any other per-image failure) fails only its own entry, whose
-        `error` is set; the others carry their decisions. The call as a whole fails only for what
-        concerns the whole call: UNAUTHENTICATED, TOO_MANY_IMAGES, TOO_LARGE (the message), the call's
-        own DEADLINE_EXCEEDED.
+        `error` is set; the others carry their decisions. Each entry names its own model, top_k,
+        version and version_label, so an unknown model (MODEL_NOT_FOUND), a bad top_k, version or
+        version_label (INVALID_ARGUMENT), or a version no model server serves or an undefined label
+        (VERSION_NOT_FOUND) fails that entry alone. The call as a whole fails only for what concerns
+        the whole call: UNAUTHENTICATED, TOO_MANY_IMAGES, TOO_LARGE (the message), the call's own
+        DEADLINE_EXCEEDED.
+
+        REST differs there (POST /v1/classify:batch, /v1/models/{model}:classifyBatch): the model is
+        in the path and top_k, version and version_label are query parameters of the call, the same
+        for every image, so a bad one fails the whole call with its error (MODEL_NOT_FOUND,
+        INVALID_ARGUMENT, VERSION_NOT_FOUND) instead of repeating it in every entry.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
