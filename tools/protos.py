@@ -94,7 +94,8 @@ def generate(target: Target, out: Path) -> None:
     if not target.package:
         return
     for path in out.rglob("*_pb2*.py*"):
-        path.write_text(_qualify(path.read_text(), target.package))
+        if path.suffix in (".py", ".pyi"):  # not the byte code in __pycache__
+            path.write_text(_qualify(path.read_text(), target.package))
     # Every folder of the tree is a regular package, so the stubs import by their full name.
     for folder in [out, *(p for p in out.rglob("*") if p.is_dir() and p.name != "__pycache__")]:
         (folder / "__init__.py").write_text(
