@@ -2,7 +2,8 @@
 
 Every method of the three clients (blocking gRPC, asyncio gRPC, REST); typed errors with request
 ids; TLS, mutual TLS and an API key; a gateway restarted under a classify_many of 200 images and a
-gateway overloaded on purpose, both with the client's default settings: no errors.
+gateway overloaded on purpose, both with the client's default settings: no errors; batches whose
+refused images are sent again; a client closed under a classify_many (every result kept).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import pytest
 
 from helpers import free_port, metric
 from imgclass_client import (AsyncClassifierClient, ClassifierClient, ClassifierError, DeadlineExceeded,
-                             ImageReadError, InvalidArgument, NotFound, RestClassifierClient, TooLarge,
-                             Unauthenticated)
+                             ImageReadError, InvalidArgument, NotFound, Overloaded, RestClassifierClient, RetryPolicy,
+                             TooLarge, Unauthenticated)
 from tls_support import KEYS, issue, make_ca, start
 from tools import stack
 
@@ -218,7 +219,8 @@ def test_a_gateway_restarted_under_classify_many_loses_nothing(model_server, tra
 
 def test_an_overloaded_gateway_is_retried_until_done(model_server):
     """A gateway with room for one queued request and one pending decode refuses most of 16
-    concurrent callers; the client backs off (jitter, budget) and every image is classified."""
+    concurrent callers; the client backs off (jitter, budget) and every image is classified. The
+    same gateway refuses most images of a batch of six: every client sends them again."""
     gw = stack.start_gateway(backend=model_server.grpc_target,
                              extra_args=["--max-queue=1", "--max-pending-decodes=1", "--decode-workers=1"])
     try:
@@ -230,8 +232,90 @@ def test_an_overloaded_gateway_is_retried_until_done(model_server):
         assert refused > 0, "the gateway was never overloaded: the test proves nothing"
         failures = [r for r in grpc_results + rest_results if not r.ok]
         assert not failures, (refused, failures[:3])
+
+        batch = (images * 6)[:6]
+        with RestClassifierClient(gw.http_url, retry=RetryPolicy(max_attempts=1)) as impatient:
+            refused_items = [r.error for r in impatient.classify_batch(batch) if not r.ok]
+        assert refused_items and all(isinstance(e, Overloaded) for e in refused_items), refused_items
+        patient = RetryPolicy(max_attempts=10)
+        with ClassifierClient(gw.grpc_target, retry=patient) as grpc_client, \
+                RestClassifierClient(gw.http_url, retry=patient) as rest_client:
+            for client in (grpc_client, rest_client):
+                results = client.classify_batch(batch)
+                assert all(r.ok for r in results), [r.error for r in results if not r.ok]
     finally:
         gw.process.stop()
+
+
+# -- closing ------------------------------------------------------------------------------------------
+
+def is_closed_error(error) -> bool:
+    return (type(error) is ClassifierError and (error.code, error.message) == ("CANCELLED", "the client is closed")
+            and not error.retryable)
+
+
+def assert_closed_under_classify_many(results) -> None:
+    """12 images, the client closed as the fifth was handed out, two calls in flight: every image
+    has its result; the first two are classified, the last seven are the closed client's error."""
+    assert [r.index for r in results] == list(range(12))
+    assert all(r.ok or is_closed_error(r.error) for r in results), [r.error for r in results]
+    assert all(r.ok for r in results[:2]) and all(is_closed_error(r.error) for r in results[5:])
+
+
+@pytest.mark.parametrize("transport", ["grpc", "rest"])
+def test_closing_a_client_under_classify_many_loses_nothing(gateway, transport):
+    image = by_name("bag.png").read_bytes()
+    client = ClassifierClient(gateway.grpc_target) if transport == "grpc" else RestClassifierClient(gateway.http_url)
+
+    def images():
+        for i in range(12):
+            if i == 4:
+                client.close()
+            yield image
+
+    assert_closed_under_classify_many(client.classify_many(images(), concurrency=2))
+    for call in (lambda: client.classify(image), lambda: client.classify_batch([image]), client.list_models):
+        with pytest.raises(ClassifierError) as raised:
+            call()
+        assert is_closed_error(raised.value)
+    if transport == "grpc":
+        with pytest.raises(ClassifierError) as raised:
+            list(client.stream([image]))
+        assert is_closed_error(raised.value)
+
+
+def test_closing_an_asyncio_client_under_classify_many_loses_nothing(gateway):
+    image = by_name("bag.png").read_bytes()
+
+    async def main():
+        client = AsyncClassifierClient(gateway.grpc_target)
+        fifth = asyncio.Event()
+
+        def images():
+            for i in range(12):
+                if i == 4:
+                    fifth.set()
+                yield image
+
+        many = asyncio.ensure_future(client.classify_many(images(), concurrency=2))
+        await fifth.wait()
+        await client.close()
+        assert_closed_under_classify_many(await many)
+        for call in (client.classify(image), client.list_models(), client.stream([image]).__anext__()):
+            with pytest.raises(ClassifierError) as raised:
+                await call
+            assert is_closed_error(raised.value)
+
+    asyncio.run(main())
+
+
+def test_an_asyncio_client_used_from_another_loop_says_so(gateway):
+    async def make():
+        return AsyncClassifierClient(gateway.grpc_target)
+
+    client = asyncio.run(make())
+    with pytest.raises(RuntimeError, match="another event loop"):
+        asyncio.run(client.list_models())
 
 
 # -- installed from its folder into a clean virtualenv ------------------------------------------------

@@ -78,6 +78,8 @@ def test_a_failed_item_is_its_own_typed_error():
                                predictions=[pb.Prediction(label="Bag", score=0.9)])
     answer = item_result(4, "", good, "rid-batch").unwrap()
     assert (answer.label, answer.reason, answer.id, answer.request_id) == ("Bag", "CONFIDENT", "bag.png", "rid-batch")
+    assert answer.to_dict() == {"model": "fashion", "model_version": 2, "label": "Bag", "confident": True,
+                                "reason": "CONFIDENT", "predictions": [{"label": "Bag", "score": pytest.approx(0.9)}]}
 
 
 def test_rest_errors_read_reason_and_retry_after():
@@ -106,6 +108,10 @@ def test_retries_honour_the_hint_the_deadline_and_the_budget():
     backoffs = [policy.delay(n, None, random.Random(0)) for n in (1, 2, 3, 6)]
     assert 0.1 <= backoffs[0] < backoffs[1] < backoffs[2] and backoffs[3] <= policy.max_backoff * 1.5
 
+    for wrong in (dict(max_attempts=0), dict(max_retry_after=-1), dict(multiplier=0.5), dict(jitter=-0.1)):
+        with pytest.raises(ValueError):
+            RetryPolicy(**wrong)
+
     budget = RetryBudget(policy)  # 10 tokens, refilled at 10 per second, no share of calls
     waits = [budget.reserve(within=None) for _ in range(13)]
     assert waits[:10] == [0.0] * 10 and 0.05 < waits[10] < waits[11] < waits[12] <= 0.31
@@ -118,6 +124,9 @@ def test_stubs_import_by_package_whatever_else_is_called_classifier(tmp_path):
     (tmp_path / "classifier").mkdir()
     (tmp_path / "classifier" / "__init__.py").write_text("raise ImportError('the wrong classifier package')\n")
     check = ("import sys; sys.path.insert(0, sys.argv[1]); import imgclass_client; "
+             "from imgclass_client import sync, aio, rest; "
+             # The clients never import the generated grpc module (it needs the grpcio that wrote it).
+             "assert 'imgclass_client.proto.classifier.v1.classifier_pb2_grpc' not in sys.modules; "
              "from imgclass_client.proto.classifier.v1 import classifier_pb2, classifier_pb2_grpc as g; "
              "assert classifier_pb2.DESCRIPTOR.name == 'classifier/v1/classifier.proto'; "
              "assert g.ClassifierStub; sys.path.remove(sys.argv[1]); "

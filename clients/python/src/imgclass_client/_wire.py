@@ -11,7 +11,8 @@ import collections
 import os
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Set, Tuple, Union
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set,
+                    Tuple, Union)
 
 from .errors import ClassifierError, ImageReadError, from_rest_body, from_status
 from .proto.classifier.v1 import classifier_pb2 as pb
@@ -200,15 +201,27 @@ class StreamOrder:
         self._expected: collections.deque = collections.deque()  # (index, id, local error or None)
 
     def requests(self) -> Iterator[pb.ClassifyRequest]:
-        """The stream's requests, each image read as the stream asks for it."""
-        for index, id, source in numbered(self._images):
+        """The stream's requests, each image read as the stream asks for it (the asyncio client
+        reads them off its event loop instead, with `sources`, `skipped` and `sent`)."""
+        for index, id, source in self.sources():
             try:
                 image = load(source, self._options)
             except ClassifierError as exc:
-                self._expected.append((index, id, exc))
+                self.skipped(index, id, exc)
                 continue
-            self._expected.append((index, id, None))
-            yield self._options.request(image)
+            yield self.sent(index, id, image)
+
+    def sources(self) -> Iterator[Tuple[int, str, ImageSource]]:
+        return numbered(self._images)
+
+    def skipped(self, index: int, id: str, error: ClassifierError) -> None:
+        """An image that could not be read: its error takes its place among the answers."""
+        self._expected.append((index, id, error))
+
+    def sent(self, index: int, id: str, image: bytes) -> pb.ClassifyRequest:
+        """The request for an image read as `image`, expecting its answer."""
+        self._expected.append((index, id, None))
+        return self._options.request(image)
 
     def answer(self, response: pb.ClassifyResponse, request_id: str) -> List[ItemResult]:
         """The next answer's result, after those of unreadable images before it."""
@@ -237,16 +250,20 @@ def readable(items: Iterable[Tuple[int, str, ImageSource]], results: Dict[int, I
     return todo
 
 
-def batch_answers(todo: List[Tuple[int, str, bytes]], response: pb.ClassifyBatchResponse, rid: str,
-                   results: Dict[int, ItemResult], retrier: Retrier, attempt: int, deadline: Deadline
-                   ) -> Tuple[List[Tuple[int, str, bytes]], float]:
-    """Files one batch's answers into `results`; returns the items to send again and the wait before."""
-    if len(response.responses) != len(todo):
-        raise ClassifierError(f"the gateway answered {len(response.responses)} of {len(todo)} images",
+def batch_answers(todo: List[Tuple[int, str, bytes]], answers: Sequence[Any], rid: str,
+                  results: Dict[int, ItemResult], retrier: Retrier, attempt: int, deadline: Deadline,
+                  read: Callable[[int, str, Any, str], ItemResult] = item_result
+                  ) -> Tuple[List[Tuple[int, str, bytes]], float]:
+    """Files one batch's answers (read into ItemResults by `read`: item_result for ClassifyBatch's,
+    item_result_from_json for REST's) into `results`; returns the items that failed retryably, to
+    send again, and the wait before; none when the retry policy allows no retry (they keep their
+    errors). Every client's classify_batch retries this way."""
+    if len(answers) != len(todo):
+        raise ClassifierError(f"the gateway answered {len(answers)} of {len(todo)} images",
                               code="INTERNAL", request_id=rid)
     again = []
-    for (index, id, image), answer in zip(todo, response.responses):
-        result = item_result(index, id, answer, rid)
+    for (index, id, image), answer in zip(todo, answers):
+        result = read(index, id, answer, rid)
         results[index] = result
         if result.error is not None and result.error.retryable:
             again.append((index, id, image))

@@ -6,8 +6,9 @@ Defaults that ride out a gateway restart with no code of the caller's:
     would be noticed minutes late);
   * calls wait for a connection (`wait_for_ready`) instead of failing while there is none; the
     call's deadline still bounds the wait;
-  * a retry service config: UNAVAILABLE is retried by grpc itself, up to 3 attempts, 0.1 s to 1 s
-    apart, throttled (retryThrottling) when most calls fail.
+  * no grpc retry policy: the client's own retries (retry.py: attempts, deadline, budget) are the
+    only layer, so a call reaches the gateway at most `RetryPolicy.max_attempts` times. (grpc still
+    re-sends, transparently, a call that never left the client.)
 
 `channel_options` given to a client are applied over these (a list of grpc channel arguments).
 """
@@ -23,29 +24,20 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import grpc
 
 from ._version import __version__
-from .errors import ClassifierError, from_rpc_error
+from .errors import ClassifierError, closed, from_rpc_error
 from .retry import Deadline, Retrier, RetryPolicy
 
 SERVICE = "classifier.v1.Classifier"
 PathOrPem = Union[str, "os.PathLike[str]", bytes]
 
 SERVICE_CONFIG: Dict[str, Any] = {
-    "methodConfig": [{
-        "name": [{"service": SERVICE}],
-        "waitForReady": True,
-        "retryPolicy": {
-            "maxAttempts": 3, "initialBackoff": "0.1s", "maxBackoff": "1s", "backoffMultiplier": 2,
-            "retryableStatusCodes": ["UNAVAILABLE"],
-        },
-    }],
-    "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
+    "methodConfig": [{"name": [{"service": SERVICE}], "waitForReady": True}],
 }
 
 DEFAULT_CHANNEL_OPTIONS: Dict[str, Any] = {
     "grpc.initial_reconnect_backoff_ms": 100,
     "grpc.min_reconnect_backoff_ms": 100,
     "grpc.max_reconnect_backoff_ms": 1000,
-    "grpc.enable_retries": 1,
     "grpc.service_config": json.dumps(SERVICE_CONFIG),
     "grpc.max_receive_message_length": 16 * 1024 * 1024,
     "grpc.primary_user_agent": f"imgclass-client/{__version__}",
@@ -207,6 +199,15 @@ class GrpcClientBase:
         self._channel = (self._grpc.secure_channel(target, self._security.grpc_credentials(), options)
                          if self._security.uses_tls else self._grpc.insecure_channel(target, options))
         self._rpc = Methods.of(self._channel)
+        self._closed = False  # set by close(): calls then raise errors.closed(), never retried
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise closed()
+
+    def _error(self, exc: grpc.RpcError) -> ClassifierError:
+        """The typed error of a failed call; errors.closed() when close() cancelled it."""
+        return closed() if self._closed else rpc_error(exc)
 
     def _deadline(self, timeout: Optional[float]) -> Deadline:
         return Deadline(self.timeout if timeout is None else timeout)

@@ -14,6 +14,7 @@ google.rpc.ErrorInfo reason, e.g. "OVERLOADED"; empty when the gateway sent none
     Unavailable                     retried likewise (also CANCELLED by a gateway that stopped)
     DeadlineExceeded                the call's deadline passed (retries included)
     ImageReadError                  the client could not read an image file (never sent)
+    ClassifierError, code CANCELLED the client was closed (`closed()`); never retried
 
 The gateway puts ErrorInfo / RetryInfo in the `grpc-status-details-bin` trailer (gRPC), in each
 failed item's google.rpc.Status (ClassifyBatch, ClassifyStream), and `reason` in REST error
@@ -112,8 +113,9 @@ _BY_REASON = {
 _BY_CODE = {
     "INVALID_ARGUMENT": InvalidArgument, "NOT_FOUND": NotFound, "UNAUTHENTICATED": Unauthenticated,
     "UNAVAILABLE": Unavailable, "DEADLINE_EXCEEDED": DeadlineExceeded,
-    # The client never cancels a call it still waits for, so CANCELLED comes from the other side:
-    # a gateway that stopped with the call in flight. Classifying an image again is harmless.
+    # The client cancels a call it still waits for only when it is closed (then it raises closed()
+    # instead), so CANCELLED comes from the other side: a gateway that stopped with the call in
+    # flight. Classifying an image again is harmless.
     "CANCELLED": Unavailable,
 }
 _BY_HTTP_STATUS = {
@@ -132,6 +134,11 @@ _CODE_NAMES = {
     10: "ABORTED", 11: "OUT_OF_RANGE", 12: "UNIMPLEMENTED", 13: "INTERNAL", 14: "UNAVAILABLE",
     15: "DATA_LOSS", 16: "UNAUTHENTICATED",
 }
+
+
+def closed() -> ClassifierError:
+    """What a call of a closed client raises (and what its in-flight calls end with): never retried."""
+    return ClassifierError("the client is closed", code="CANCELLED")
 
 
 def make_error(code: str, message: str, *, reason: str = "", request_id: str = "",

@@ -12,8 +12,9 @@ an exponential backoff, times a random jitter, and only while
     up when that share comes after the deadline: a gateway in trouble sees retries spread out at
     a bounded rate, never a storm, and a patient caller still gets its answers.
 
-Otherwise the last error is raised. Under the retries, the gRPC channel itself waits for a
-connection (wait_for_ready) and retries UNAVAILABLE transparently (see `channel.py`).
+Otherwise the last error is raised. This is the only retry layer: the gRPC channel waits for a
+connection (wait_for_ready) but has no retry policy of its own (see `channel.py`), so a call
+reaches the gateway at most `max_attempts` times.
 """
 
 from __future__ import annotations
@@ -43,9 +44,9 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
-        if min(self.initial_backoff, self.max_backoff, self.jitter, self.budget_percent,
+        if min(self.initial_backoff, self.max_backoff, self.jitter, self.max_retry_after, self.budget_percent,
                self.budget_min_per_second) < 0 or self.multiplier < 1:
-            raise ValueError("backoffs, jitter and budget must be >= 0, multiplier >= 1")
+            raise ValueError("backoffs, jitter, max_retry_after and budget must be >= 0, multiplier >= 1")
 
     def delay(self, retry: int, hint: Optional[float], rng: random.Random) -> float:
         """Seconds to wait before retry number `retry` (1 for the first retry)."""

@@ -6,7 +6,8 @@
             print(result.id, result.classification.label if result.ok else result.error)
 
 Raises ClassifierError subclasses (errors.py); classify_many, classify_batch and stream put each
-image's own error in its ItemResult instead and raise only what fails the whole call.
+image's own error in its ItemResult instead and raise only what fails the whole call. After
+close(), calls raise (and calls in flight end with) errors.closed(): code CANCELLED, not retried.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import grpc
 
 from ._wire import (ShrinkTo, StreamOrder, batch_answers, call_options, classification, in_threads, load, model_info,
                     numbered, ordered, readable)
-from .channel import GrpcClientBase, request_id_of, rpc_error
-from .errors import ClassifierError
+from .channel import GrpcClientBase, request_id_of
+from .errors import ClassifierError, closed
 from .proto.classifier.v1 import classifier_pb2 as pb
 from .retry import Deadline
 from .types import Classification, Images, ImageSource, ItemResult, ModelInfo
@@ -83,7 +84,7 @@ class ClassifierClient(GrpcClientBase):
             attempt += 1
             request = pb.ClassifyBatchRequest(requests=[options.request(image) for _, _, image in todo])
             response, rid = self._unary(self._rpc.classify_batch, request, deadline, None)
-            todo, delay = batch_answers(todo, response, rid, results, self._retrier, attempt, deadline)
+            todo, delay = batch_answers(todo, response.responses, rid, results, self._retrier, attempt, deadline)
             time.sleep(delay)
         return ordered(results.values())
 
@@ -96,8 +97,12 @@ class ClassifierClient(GrpcClientBase):
         for them. A stream is not retried: what fails the whole stream raises ClassifierError
         (classify_many retries each image instead)."""
         order = StreamOrder(images, call_options(model, top_k, version, version_label, shrink, shrink_to))
-        call = self._rpc.classify_stream(order.requests(), timeout=timeout, metadata=self._metadata(None),
-                                         wait_for_ready=self._wait_for_ready)
+        self._check_open()
+        try:
+            call = self._rpc.classify_stream(order.requests(), timeout=timeout, metadata=self._metadata(None),
+                                             wait_for_ready=self._wait_for_ready)
+        except ValueError:  # grpc: "Cannot invoke RPC on closed channel!"
+            raise closed() from None
         try:
             rid = ""
             for response in call:
@@ -105,7 +110,7 @@ class ClassifierClient(GrpcClientBase):
                 yield from order.answer(response, rid)
             yield from order.unsent()
         except grpc.RpcError as exc:
-            raise rpc_error(exc) from None
+            raise self._error(exc) from None
         finally:
             call.cancel()  # no-op once the stream has ended; stops it when the caller stopped reading
 
@@ -114,6 +119,8 @@ class ClassifierClient(GrpcClientBase):
         return [model_info(m) for m in response.models]
 
     def close(self) -> None:
+        """Closes the channel; calls in flight end with errors.closed() (classify_many: in their items)."""
+        self._closed = True
         self._channel.close()
 
     def __enter__(self) -> "ClassifierClient":
@@ -129,11 +136,16 @@ class ClassifierClient(GrpcClientBase):
         attempt = 0
         while True:
             attempt += 1
+            self._check_open()
             try:
                 response, call = method.with_call(request, timeout=deadline.timeout(),
                                                   metadata=self._metadata(request_id),
                                                   wait_for_ready=self._wait_for_ready)
                 return response, request_id_of(call.initial_metadata())
             except grpc.RpcError as exc:
-                error = rpc_error(exc)
+                error = self._error(exc)
+            except ValueError:  # grpc: "Cannot invoke RPC on closed channel!" (closed between the check and the call)
+                if not self._closed:
+                    raise
+                error = closed()
             time.sleep(self._retrier.next_delay(error, attempt, deadline))

@@ -52,9 +52,10 @@ class Classification:
         return self.predictions[0] if self.predictions else None
 
     def to_dict(self) -> Dict[str, Any]:
-        """The gateway's JSON form of the answer (model, model_version, label, confident, predictions)."""
+        """The gateway's REST JSON form of the answer: model, model_version, label, confident, reason
+        (empty from a gateway that does not send it), predictions."""
         return {"model": self.model, "model_version": self.model_version, "label": self.label,
-                "confident": self.confident,
+                "confident": self.confident, "reason": self.reason,
                 "predictions": [{"label": p.label, "score": p.score} for p in self.predictions]}
 
 
