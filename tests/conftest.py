@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,12 @@ def gateway(model_server):
     gw = stack.start_gateway(backend=model_server.grpc_target)
     yield gw
     gw.process.stop()
+
+
+def pytest_configure(config):
+    """A SIGTERM (a CI timeout, `timeout pytest ...`) ends the run like Ctrl-C: fixtures tear down
+    and every server a test started is stopped (tools/stack.py stops any left at exit)."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)

@@ -9,12 +9,14 @@ start the stack the same way:
 Both servers log the port they bound (port 0 = pick a free one); the launcher reads it from their
 output, then waits on readiness over the wire (model AVAILABLE on the model server's REST API,
 `/readyz` on the gateway). Children bind 127.0.0.1 and are stopped with SIGTERM, then SIGKILL
-after a grace period.
+after a grace period - by whoever started them, and at the latest when this interpreter exits
+(`atexit`), so an interrupted test run leaves no server behind.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import collections
 import json
 import os
@@ -44,7 +46,7 @@ class StackError(RuntimeError):
     """A child process failed to start or to become ready."""
 
 
-@dataclass
+@dataclass(eq=False)  # hashable by identity: kept in _RUNNING
 class ManagedProcess:
     """A child process whose combined output is drained by a thread and scanned for readiness."""
 
@@ -66,6 +68,7 @@ class ManagedProcess:
             list(self.argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=env, cwd=ROOT, text=True, errors="replace", bufsize=1, start_new_session=True,
         )
+        _RUNNING.add(self)
         threading.Thread(target=self._drain, name=f"drain-{self.name}", daemon=True).start()
         return self
 
@@ -126,6 +129,7 @@ class ManagedProcess:
         """SIGTERM, wait up to `grace` seconds, then SIGKILL the whole process group."""
         if self.proc is None:
             return None
+        _RUNNING.discard(self)
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -134,6 +138,16 @@ class ManagedProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
         return self.proc.returncode
+
+
+_RUNNING: set[ManagedProcess] = set()
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    """Children nobody stopped (an interrupted run): stopped as the interpreter exits."""
+    for process in list(_RUNNING):
+        process.stop(grace=5.0)
 
 
 def _regex(pattern: re.Pattern) -> Callable[[str], int | None]:
