@@ -187,7 +187,7 @@ MALFORMED_MULTIPART: tuple[tuple[str, str, bytes, str], ...] = (
     ("no image field", "multipart/form-data; boundary=b0undary",
      multipart([('Content-Disposition: form-data; name="photo"; filename="a.png"', "x")]), "image"),
     ("two files", "multipart/form-data; boundary=b0undary", multipart([(_IMAGE_PART, "x"), (_IMAGE_PART, "y")]),
-     "files"),
+     "several"),
     ("fields flood", "multipart/form-data; boundary=b0undary",
      multipart([(f'Content-Disposition: form-data; name="f{i}"', "v") for i in range(50)]), "fields"),
     ("not an image inside", "multipart/form-data; boundary=b0undary", multipart([(_IMAGE_PART, "garbage")]),
