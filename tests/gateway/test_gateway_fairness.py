@@ -6,41 +6,18 @@ caller's latency must stay close to what it is alone, and only the flood may be 
 from __future__ import annotations
 
 import json
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import grpc
 import pytest
 
-from imgclass_client.proto.classifier.v1 import classifier_pb2 as pb
-from imgclass_client.proto.classifier.v1 import classifier_pb2_grpc as pb_grpc
-from helpers import samples
+from helpers import samples, wait_until
+from loadtest.bench_fairness import quiet
 from tools import stack
-from helpers import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = ROOT / "examples" / "fashion" / "bag.png"
-
-
-def quiet_calls(target: str, seconds: float) -> tuple[list[float], list[str]]:
-    """One call at a time as caller `quiet` for `seconds`: latencies and error codes."""
-    latencies, errors = [], []
-    image = IMAGE.read_bytes()
-    with grpc.insecure_channel(target) as channel:
-        stub = pb_grpc.ClassifierStub(channel)
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            started = time.monotonic()
-            try:
-                stub.Classify(pb.ClassifyRequest(image=image), timeout=30, metadata=(("x-client-id", "quiet"),))
-            except grpc.RpcError as err:
-                errors.append(err.code().name)
-                continue
-            latencies.append(time.monotonic() - started)
-    return latencies, errors
 
 
 @pytest.mark.slow
@@ -51,14 +28,15 @@ def test_a_quiet_caller_keeps_its_latency_while_another_floods(model_server):
     gw = stack.start_gateway(backend=model_server.grpc_target, extra_args=["--max-concurrent-batches=1"])
     flood = None
     try:
-        quiet_calls(gw.grpc_target, 0.5)  # warm up both processes
-        alone, alone_errors = quiet_calls(gw.grpc_target, 3)
+        image = IMAGE.read_bytes()
+        quiet(gw.grpc_target, image, 0.5)  # warm up both processes
+        alone = quiet(gw.grpc_target, image, 3)
         flood = subprocess.Popen([sys.executable, "-m", "loadtest.flood", gw.grpc_target, str(IMAGE),
                                   "10", "256", "flood"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
         wait_until(lambda: any(labels.get("caller") == "flood" and value > 0
                                for labels, value in samples(gw.http_url, "gateway_caller_queue_depth")),
                    30, "the flood to fill the queue")
-        crowded, crowded_errors = quiet_calls(gw.grpc_target, 4)
+        crowded = quiet(gw.grpc_target, image, 4)
         out, _ = flood.communicate(timeout=60)
         flood_result = json.loads(out.strip().splitlines()[-1])
         rejected = {labels["caller"]: value for labels, value in samples(gw.http_url, "gateway_caller_rejections_total")}
@@ -68,12 +46,11 @@ def test_a_quiet_caller_keeps_its_latency_while_another_floods(model_server):
             flood.wait(10)
         gw.process.stop()
 
-    p50_alone, p50_crowded = statistics.median(alone), statistics.median(crowded)
-    p99_crowded = sorted(crowded)[int(len(crowded) * 0.99) - 1]
-    print(f"\nquiet caller alone: {len(alone)} answers, p50 {p50_alone * 1000:.1f} ms; next to 256 in flight: "
-          f"{len(crowded)} answers, p50 {p50_crowded * 1000:.1f} ms, p99 {p99_crowded * 1000:.1f} ms; "
+    print(f"\nquiet caller alone: {alone.answers} answers, p50 {alone.p50_ms:.1f} ms; next to 256 in flight: "
+          f"{crowded.answers} answers, p50 {crowded.p50_ms:.1f} ms, p99 {crowded.p99_ms:.1f} ms; "
           f"flood: {flood_result}; refusals by caller {rejected}")
-    assert not alone_errors and not crowded_errors, (alone_errors, crowded_errors)
-    assert p50_crowded <= 10 * p50_alone, "the quiet caller waited behind the flood"
+    assert not alone.refused and not crowded.refused, (alone.refused, crowded.refused)
+    assert alone.answers and crowded.answers, "the quiet caller got no answer"
+    assert crowded.p50_ms <= 10 * alone.p50_ms, "the quiet caller waited behind the flood"
     assert flood_result["answers"] > 0, "fair queueing must not starve the flood either"
     assert set(rejected) <= {"flood"}, rejected
