@@ -68,7 +68,7 @@ def test_classify_over_grpc(stub, images):
         assert response.label == response.predictions[0].label
     else:
         assert response.label == "not sure"
-    assert dict(call.initial_metadata())["x-request-id"] == "test-classify-1"
+    assert dict(call.trailing_metadata())["x-request-id"] == "test-classify-1"
 
 
 def test_top_k_and_named_model(stub, images):
@@ -88,7 +88,11 @@ def test_classify_batch_answers_in_order(stub, images):
 
 def test_classify_stream_answers_in_order(stub, images):
     singles = [stub.Classify(pb.ClassifyRequest(image=img), timeout=30) for img in images[:40]]
-    answers = list(stub.ClassifyStream(iter(pb.ClassifyRequest(image=img) for img in images[:40]), timeout=60))
+    call = stub.ClassifyStream(iter(pb.ClassifyRequest(image=img) for img in images[:40]), timeout=60,
+                               metadata=[("x-request-id", "test-stream-1")])
+    assert dict(call.initial_metadata())["x-request-id"] == "test-stream-1"  # before the first answer
+    answers = list(call)
+    assert dict(call.trailing_metadata())["x-request-id"] == "test-stream-1"
     assert_same_answers([answer_json(r) for r in answers], [answer_json(r) for r in singles])
 
 

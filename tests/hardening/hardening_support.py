@@ -57,7 +57,7 @@ def grpc_answer(started: float, response: pb.ClassifyResponse | None = None,
                 error: grpc.RpcError | None = None, call=None) -> Answer:
     seconds = time.perf_counter() - started
     if error is None:
-        rid = dict(call.initial_metadata() or ()).get(REQUEST_ID, "") if call is not None else ""
+        rid = dict(call.trailing_metadata() or ()).get(REQUEST_ID, "") if call is not None else ""
         return Answer("grpc", "OK", request_id=rid, body=response_json(response), seconds=seconds)
     trailing = dict(error.trailing_metadata() or ())
     return Answer("grpc", error.code().name, error.details() or "", trailing.get(REQUEST_ID, ""),
@@ -113,7 +113,7 @@ async def aclassify_grpc(stub, image: bytes, *, timeout: float = 30, model: str 
     except grpc.RpcError as exc:
         return grpc_answer(started, error=exc)
     answer = grpc_answer(started, response)
-    answer.request_id = dict(await call.initial_metadata() or ()).get(REQUEST_ID, "")
+    answer.request_id = dict(await call.trailing_metadata() or ()).get(REQUEST_ID, "")
     return answer
 
 

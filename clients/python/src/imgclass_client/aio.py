@@ -178,7 +178,8 @@ class AsyncClassifierClient(GrpcClientBase):
                 call = method(request, timeout=deadline.timeout(), metadata=self._metadata(request_id),
                               wait_for_ready=self._wait_for_ready)
                 response = await call
-                return response, request_id_of(await call.initial_metadata())
+                return response, (request_id_of(await call.trailing_metadata())
+                                  or request_id_of(await call.initial_metadata()))
             except grpc.RpcError as exc:
                 error = self._error(exc)
             except grpc.aio.UsageError:  # the channel is closed

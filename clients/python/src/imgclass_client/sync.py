@@ -141,7 +141,7 @@ class ClassifierClient(GrpcClientBase):
                 response, call = method.with_call(request, timeout=deadline.timeout(),
                                                   metadata=self._metadata(request_id),
                                                   wait_for_ready=self._wait_for_ready)
-                return response, request_id_of(call.initial_metadata())
+                return response, request_id_of(call.trailing_metadata()) or request_id_of(call.initial_metadata())
             except grpc.RpcError as exc:
                 error = self._error(exc)
             except ValueError:  # grpc: "Cannot invoke RPC on closed channel!" (closed between the check and the call)
