@@ -1,8 +1,8 @@
 """The benchmark's own arithmetic, on made-up samples (its figures live in `make bench`, never here):
 the profile's table from py-spy's stacks, samples.csv's CPU and stage columns, the goals (CPU,
-request bytes, the two callers', errors counted, never dropped), the report of a run that measured
-little, the probes' window, an optional part that fails, and the two-replica series' rounds merged
-into one row."""
+request bytes, the two callers', the full photo upload's CPU per process, errors counted, never
+dropped), the report of a run that measured little, the probes' window, an optional part that
+fails, and the two-replica series' rounds merged into one row."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import csv
 
 import pytest
 
-from loadtest import bench, bench_fairness, bench_fleet, bench_report, loadgen
+from loadtest import bench, bench_fairness, bench_fleet, bench_photos, bench_report, loadgen
 from loadtest.bench_fairness import CallerFigures, FairnessResult
 from loadtest.loadgen import LOADGEN_CPU, Sample
 from loadtest.machine import describe
@@ -170,3 +170,18 @@ def test_the_two_replica_rounds_merge_into_one_row():
     merged = bench_fleet.merged(rounds)
     assert (merged.calls, merged.seconds, merged.errors) == (1000, 4.0, {"UNAVAILABLE": 2})
     assert merged.images_per_s == 250 and merged.cpu_ms_per_image("gateway") == 1.0
+
+
+def test_the_full_upload_goal_says_what_the_photo_costs_each_process():
+    full = sample(bench_photos.SERIES_FULL, 64, {bench_report.CPU_GATEWAY: 2.56, bench_report.CPU_MODEL_SERVER: 0.32,
+                                                 LOADGEN_CPU: 0.32})  # 40, 5 and 5 ms a photo; 32 photos/s
+    result = bench_photos.PhotoResult(4_000_000, 700, 80_000, 30.0, cores=2, samples=[full])
+    result.decode[1] = bench_report.DecodeRate(images=100, wall_s=4.0, cpu_s=4.0, source="")  # 25 a CPU-second
+    goal = next(g for g in bench_photos.goals(result) if g.name == bench_photos.GOAL_DECODE[0])
+    assert goal.met is False and goal.measured.startswith("0.64× (32.0 vs 2 × 25.0)")
+    assert "the gateway reaches 1.00× the decode rate" in goal.measured
+    assert "50 ms of CPU per photo (gateway 40, model server 5.0, load generator 5.0)" in goal.measured
+    assert goal.measured.endswith("caps 2 shared cores at 40 photos/s")
+    del full.cpu_seconds[LOADGEN_CPU]  # a process not measured: no breakdown, the figure stays
+    assert [g.measured for g in bench_photos.goals(result) if g.name == bench_photos.GOAL_DECODE[0]] == \
+        ["0.64× (32.0 vs 2 × 25.0)"]
