@@ -124,10 +124,13 @@ def release_memory() -> bool:
 
 # Small images (at most this many bytes, and pixels once the header is read) decode in tens of
 # microseconds: less than a hand-off to a thread and back costs. The core queues them undecoded and
-# decodes a whole batch of them in one pool task per thread (`decode_many`); a lone one is decoded
-# on the event loop itself (the pixel bound is checked before any pixel is decoded).
+# decodes them with their batch (`decode_many`): on the event loop itself while the batch's source
+# pixels stay within INLINE_BATCH_PIXELS (dozens of thumbnails, a few of the largest small ones: a
+# pause of about a millisecond), the rest in one pool task per thread. Pixel bounds are checked from
+# the header, before any pixel is decoded.
 INLINE_MAX_BYTES = 16 * 1024
 INLINE_MAX_PIXELS = 128 * 128
+INLINE_BATCH_PIXELS = 4 * INLINE_MAX_PIXELS
 
 
 def is_small(data: bytes) -> bool:
@@ -156,26 +159,33 @@ class Decoder:
         self.releases = 0  # times memory was released (for tests)
 
     async def decode_many(self, images: list[tuple[bytes, InputSpec, Colour]]) -> list[bytes | InvalidImage]:
-        """Small images (is_small), each decoded or its InvalidImage, in order: a lone one here, on
-        the loop; several in one pool task per decode thread, so a batch costs a few hand-offs, not
-        one per image."""
-        if len(images) == 1:
+        """Small images (is_small), each decoded or its InvalidImage, in order: here, on the loop,
+        while their source pixels stay within INLINE_BATCH_PIXELS; the others in one pool task per
+        decode thread, so a batch costs a few hand-offs at most, not one per image."""
+        out: list[bytes | InvalidImage | None] = [None] * len(images)
+        budget = INLINE_BATCH_PIXELS
+        for i, (data, spec, background) in enumerate(images):
+            if budget < 1:
+                break
             try:
-                pixels = self._inline(*images[0])
+                inline = self._inline(data, spec, background, max_pixels=min(INLINE_MAX_PIXELS, budget))
             except InvalidImage as exc:
-                return [exc]
-            if pixels is not None:
-                return [pixels]
-        loop = asyncio.get_running_loop()
-        workers = max(1, min(self._workers, len(images)))
-        chunks = [list(range(i, len(images), workers)) for i in range(workers)]
-        done = await asyncio.gather(*(loop.run_in_executor(
-            self._pool, self._decode_chunk, [images[i] for i in chunk]) for chunk in chunks))
-        out: list[bytes | InvalidImage] = [b""] * len(images)
-        for chunk, results in zip(chunks, done):
-            for i, result in zip(chunk, results):
-                out[i] = result
-        return out
+                out[i] = exc
+                continue
+            if inline is not None:
+                out[i], used = inline
+                budget -= used
+        left = [i for i, result in enumerate(out) if result is None]
+        if left:
+            loop = asyncio.get_running_loop()
+            workers = max(1, min(self._workers, len(left)))
+            chunks = [left[k::workers] for k in range(workers)]
+            done = await asyncio.gather(*(loop.run_in_executor(
+                self._pool, self._decode_chunk, [images[i] for i in chunk]) for chunk in chunks))
+            for chunk, results in zip(chunks, done):
+                for i, result in zip(chunk, results):
+                    out[i] = result
+        return out  # type: ignore[return-value]  # every None was filled
 
     def _decode_chunk(self, images: list[tuple[bytes, InputSpec, Colour]]) -> list[bytes | InvalidImage]:
         out: list[bytes | InvalidImage] = []
@@ -188,9 +198,9 @@ class Decoder:
 
     async def decode(self, data: bytes, spec: InputSpec, background: Colour = (0, 0, 0)) -> bytes:
         if is_small(data):
-            pixels = self._inline(data, spec, background)
-            if pixels is not None:
-                return pixels
+            inline = self._inline(data, spec, background)
+            if inline is not None:
+                return inline[0]
         if not self._slots.acquire(blocking=False):
             raise Overloaded("too many images are waiting to be decoded; retry later")
         try:
@@ -205,13 +215,16 @@ class Decoder:
             if self._pixels >= RELEASE_AFTER_PIXELS and self._release is None:
                 self._release = asyncio.get_running_loop().call_later(RELEASE_DELAY_SECONDS, self._release_soon)
 
-    def _inline(self, data: bytes, spec: InputSpec, background: Colour) -> bytes | None:
-        """The pixels of a small image, decoded here; None when its header says it is not small."""
+    def _inline(self, data: bytes, spec: InputSpec, background: Colour,
+                max_pixels: int = INLINE_MAX_PIXELS) -> tuple[bytes, int] | None:
+        """The pixels of a small image, decoded here, and its source pixel count; None when its
+        header says it has more than `max_pixels`."""
         try:
             with open_image(data, self.limits) as img:
-                if img.width * img.height > INLINE_MAX_PIXELS:
+                size = img.width * img.height
+                if size > max_pixels:
                     return None
-                return to_pixels(model_image(img, spec, self.limits), spec, background)
+                return to_pixels(model_image(img, spec, self.limits), spec, background), size
         except ImageDecodeError as exc:
             raise InvalidImage(str(exc)) from None
 

@@ -195,3 +195,29 @@ def test_the_decoder_pool_refuses_work_beyond_its_bound():
             decoder.close()
 
     asyncio.run(scenario())
+
+
+def test_a_batch_of_small_images_decodes_on_the_loop_within_its_pixel_budget_the_rest_in_the_pool():
+    black = (0, 0, 0)
+    thumbs = [(encode(Image.new("L", (28, 28), v), "PNG"), GREY28, black) for v in range(40)]  # 40 x 784 pixels
+    broken = (b"\x89PNG\r\n\x1a\n not really", GREY28, black)
+    larger = [(encode(Image.new("L", (128, 128), v), "PNG"), GREY28, black) for v in (50, 60, 70, 80, 90)]
+
+    async def scenario():
+        decoder = Decoder(workers=2, max_pending=4, limits=LIMITS)
+        try:
+            batch = thumbs[:20] + [broken] + thumbs[20:]
+            want = [decode_image(data, spec, LIMITS) for data, spec, _ in thumbs]
+            got = await decoder.decode_many(batch)
+            assert isinstance(got[20], InvalidImage) and got[:20] + got[21:] == want
+            mixed = await decoder.decode_many(thumbs[:2] + larger)  # over the budget: the last two in the pool
+            assert [set(pixels) for pixels in mixed[2:]] == [{50}, {60}, {70}, {80}, {90}]
+            decoder.close()  # no pool any more: a batch within the budget never needed it
+            assert await decoder.decode_many(thumbs) == want
+            with pytest.raises(RuntimeError):
+                await decoder.decode_many(larger)
+        finally:
+            decoder.close()
+
+    assert sum(128 * 128 for _ in larger) > decode.INLINE_BATCH_PIXELS >= 40 * 28 * 28
+    asyncio.run(scenario())
