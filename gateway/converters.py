@@ -75,9 +75,15 @@ def outcome_to_json(outcome: Outcome, index: int, id: str, request_id: str) -> d
 
 
 def model_to_proto(model: ModelSummary) -> pb.ModelInfo:
-    return pb.ModelInfo(name=model.name, version=model.version, labels=list(model.labels), state=model.state,
+    info = pb.ModelInfo(name=model.name, version=model.version, labels=list(model.labels), state=model.state,
                         state_code=_STATE_CODES.get(model.state, pb.ModelInfo.STATE_UNSPECIFIED))
+    if model.input is not None:
+        info.input.height, info.input.width, info.input.channels = (model.input.height, model.input.width,
+                                                                    model.input.channels)
+    return info
 
 
 def model_to_json(model: ModelSummary) -> dict:
-    return {"name": model.name, "version": model.version, "labels": list(model.labels), "state": model.state}
+    """GET /v1/models' entry; `input` as GET /v1/fleet writes it ("28x28x1"), "" when not known."""
+    return {"name": model.name, "version": model.version, "labels": list(model.labels), "state": model.state,
+            "input": "" if model.input is None else model.input.text}

@@ -125,7 +125,7 @@ class GatewayCore:
         for name in self._registry.names:
             info, _ = self._registry.current(name)
             out.append(ModelSummary(name, info.version if info else 0, info.labels if info else (),
-                                   self._registry.state(name)))
+                                   self._registry.state(name), info.input if info else None))
         return out
 
     def fleet(self) -> dict:

@@ -163,7 +163,7 @@ class ModelRegistry:
                 "canary": _share(entry.settings.canary, entry.settings),
                 "shadow": _share(entry.settings.shadow, entry.settings),
                 "versions": [{"version": v, "endpoints": n, "labels": sorted(k for k, lv in labels.items() if lv == v),
-                              "input": _input(self._fleet.info(entry.name, v)),
+                              "input": self._fleet.info(entry.name, v).input.text,
                               "classes": len(self._fleet.info(entry.name, v).labels)}
                              for v, n in sorted(counts.items())],
             }
@@ -259,7 +259,3 @@ def _share(share, settings: ModelSettings) -> dict | None:
     if share is None:
         return None
     return {"version": settings.resolve(share), "label": share.label, "percent": share.percent}
-
-
-def _input(info: ServedVersion) -> str:
-    return f"{info.input.height}x{info.input.width}x{info.input.channels}"

@@ -136,11 +136,14 @@ class ModelOut(BaseModel):
     version: int
     labels: list[str]
     state: str = Field(description="AVAILABLE, LOADING, ... as the model server reports it")
+    input: str = Field(description="the version's image input, HEIGHTxWIDTHxCHANNELS (every image is resized to "
+                                   "it; shrinking a large photo to it before sending loses nothing); \"\" when no "
+                                   "version is usable")
 
 
 class ModelsOut(BaseModel):
     model_config = ConfigDict(**STRICT, json_schema_extra={"examples": [{"models": [{
-        "name": "fashion", "version": 1, "state": "AVAILABLE",
+        "name": "fashion", "version": 1, "state": "AVAILABLE", "input": "28x28x1",
         "labels": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                    "Sneaker", "Bag", "Ankle boot"]}]}]})
 

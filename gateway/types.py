@@ -109,6 +109,7 @@ class ModelSummary:
     version: int
     labels: tuple[str, ...]
     state: str
+    input: InputSpec | None = None  # the version's image input (None: no usable version)
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,8 @@
 The shrunk PNG must decode, in the gateway, to the very pixels the gateway makes of the original
 (checked in-process on imgclass_client.imaging, the one decoder both use), so the answers are the
 same: checked over the wire against the session's real gateway, on photos (12 MP, 640x480 and
-scikit-image's sample photos), over gRPC (`shrink_to`) and REST (`shrink=True`, the input size
-read from GET /v1/fleet).
+scikit-image's sample photos), over gRPC and REST (`shrink=True`: the input size read from
+ListModels or GET /v1/fleet; or given as `shrink_to`).
 """
 
 from __future__ import annotations
@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import io
 
+import httpx
 import pytest
 from PIL import Image
 
-from imgclass_client import AsyncClassifierClient, ClassifierClient, InvalidImage, RestClassifierClient
-from imgclass_client._wire import shrink
+from imgclass_client import (AsyncClassifierClient, ClassifierClient, InvalidImage, ModelInfo, NotFound,
+                             RestClassifierClient)
+from imgclass_client._wire import model_input, shrink
 from imgclass_client.imaging import DecodeLimits, InputSpec, decode_image, shrink_image
 from loadtest import photos
 from tools import stack
@@ -95,7 +97,8 @@ def test_scores_equal_the_full_upload_on_real_photos(gateway, real_photos):
     with ClassifierClient(gateway.grpc_target) as grpc_client, RestClassifierClient(gateway.http_url) as rest:
         for name, data in real_photos.items():
             full = grpc_client.classify(data, top_k=10)
-            assert_same_answer(full, grpc_client.classify(data, top_k=10, shrink_to=(28, 28, 1)), f"gRPC {name}")
+            assert_same_answer(full, grpc_client.classify(data, top_k=10, shrink=True), f"gRPC {name}")
+            assert_same_answer(full, grpc_client.classify(data, top_k=10, shrink_to=(28, 28, 1)), f"gRPC {name} (given)")
             assert_same_answer(full, rest.classify(data, top_k=10, shrink=True), f"REST {name}")
         results = rest.classify_many(real_photos.values(), top_k=10, shrink=True)
         batch = grpc_client.classify_batch(real_photos.values(), top_k=10, shrink_to="28x28x1")
@@ -111,9 +114,11 @@ def test_asyncio_client_shrinks_too_and_errors_stay_the_gateways(gateway, real_p
     async def scenario():
         async with AsyncClassifierClient(gateway.grpc_target) as client:
             full = await client.classify(data, top_k=10)
-            small = await client.classify(data, top_k=10, shrink_to=(28, 28, 1))
+            small = await client.classify(data, top_k=10, shrink=True)
             with pytest.raises(InvalidImage) as shrunk_error:
                 await client.classify(b"not an image", shrink_to=(28, 28, 1))
+            with pytest.raises(NotFound):  # a model the gateway does not front: its own error, unshrunk
+                await client.classify(data, model="no-such-model", shrink=True)
             with pytest.raises(InvalidImage) as plain_error:
                 await client.classify(b"not an image")
             return full, small, shrunk_error.value, plain_error.value
@@ -123,9 +128,26 @@ def test_asyncio_client_shrinks_too_and_errors_stay_the_gateways(gateway, real_p
     assert (shrunk_error.reason, shrunk_error.message) == (plain_error.reason, plain_error.message)
 
 
-def test_shrink_over_grpc_asks_for_the_input_size(gateway):
+def test_shrink_over_grpc_learns_the_input_size_once_and_a_bad_shrink_to_is_refused(gateway, real_photos):
+    def list_models_calls() -> float:
+        text = httpx.get(f"{gateway.http_url}/metrics", timeout=10).text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("gateway_requests_total{") and 'route="ListModels"' in line)
+
+    before = list_models_calls()
     with ClassifierClient(gateway.grpc_target) as client:
-        with pytest.raises(ValueError, match=r"shrink_to=\(height, width, channels\)"):
-            client.classify(b"x", shrink=True)
+        for _ in range(3):
+            client.classify(real_photos["vga.jpg"], shrink=True)
+        assert list_models_calls() == before + 1  # asked once, kept for the next calls
+        with pytest.raises(NotFound):
+            client.classify(real_photos["vga.jpg"], model="no-such-model", shrink=True)
         with pytest.raises(ValueError, match="HEIGHTxWIDTHxCHANNELS"):
             client.classify(b"x", shrink_to="28x28")
+
+
+def test_a_gateway_that_does_not_say_the_input_size_needs_shrink_to():
+    older = [ModelInfo("fashion", 1, (), "AVAILABLE")]  # what model_info makes of a ModelInfo without `input`
+    with pytest.raises(ValueError, match=r"shrink_to=\(height, width, channels\)"):
+        model_input(older, "")
+    assert model_input([ModelInfo("fashion", 0, (), "LOADING")], "fashion") is None  # its own error will say
+    assert model_input([ModelInfo("fashion", 1, (), "AVAILABLE", "28x28x1")], "") == InputSpec(28, 28, 1)

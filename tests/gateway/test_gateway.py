@@ -131,6 +131,7 @@ def test_list_models(stub):
     models = stub.ListModels(pb.ListModelsRequest(), timeout=10).models
     assert [(m.name, m.version, list(m.labels), m.state) for m in models] == \
         [("fashion", 1, FASHION_LABELS, "AVAILABLE")]
+    assert (models[0].input.height, models[0].input.width, models[0].input.channels) == (28, 28, 1)
 
 
 def test_errors_over_grpc_follow_the_table(stub, images):
@@ -223,7 +224,7 @@ def test_rest_errors_follow_the_table(gateway, path, kwargs, status, code):
 def test_rest_models_health_readiness_docs_and_page(gateway):
     url = gateway.http_url
     models = httpx.get(f"{url}/v1/models", timeout=10).json()["models"]
-    assert [(m["name"], m["version"], m["state"]) for m in models] == [("fashion", 1, "AVAILABLE")]
+    assert [(m["name"], m["version"], m["state"], m["input"]) for m in models] == [("fashion", 1, "AVAILABLE", "28x28x1")]
     assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
     ready = httpx.get(f"{url}/readyz", timeout=10)
     assert ready.status_code == 200 and ready.json()["models"] == {"fashion": "AVAILABLE"}

@@ -84,16 +84,14 @@ def read_image(source: ImageSource) -> bytes:
 
 
 def call_options(model: str, top_k: int, version: int, version_label: str, shrink: bool,
-                 shrink_to: Optional[ShrinkTo], learn: Optional[Callable[[str], "InputSpec"]] = None) -> CallOptions:
+                 shrink_to: Optional[ShrinkTo], learn: Callable[[str], Optional["InputSpec"]]) -> CallOptions:
     """One call's options. With `shrink` and no `shrink_to`, the model's input size comes from
-    `learn(model)` (the REST client reads it from GET /v1/fleet); the gRPC API does not carry it."""
+    `learn(model)` (the gRPC clients ask ListModels, the REST client GET /v1/fleet); None from it
+    (a model the gateway does not front) sends the images as they are, for the gateway to refuse."""
     spec = None
     if shrink_to is not None:
         spec = input_spec(shrink_to)
     elif shrink:
-        if learn is None:
-            raise ValueError("shrink=True over gRPC needs shrink_to=(height, width, channels): the gateway's gRPC API "
-                             "does not say the model's input size (GET /v1/fleet shows it, e.g. 28x28x1)")
         input_spec("1x1x1")  # Pillow is there, before asking the gateway anything
         spec = learn(model)
     return CallOptions(model, top_k, version, version_label, spec)
@@ -161,7 +159,22 @@ def item_result(index: int, id: str, response: pb.ClassifyResponse, request_id: 
 
 def model_info(model: pb.ModelInfo) -> ModelInfo:
     state = model.state or _STATE_TEXT.get(model.state_code, "UNKNOWN")
-    return ModelInfo(model.name, model.version, tuple(model.labels), state)
+    size = model.input
+    text = f"{size.height}x{size.width}x{size.channels}" if model.HasField("input") and size.height > 0 else ""
+    return ModelInfo(model.name, model.version, tuple(model.labels), state, text)
+
+
+def model_input(models: Sequence[ModelInfo], model: str) -> Optional["InputSpec"]:
+    """The image input of `model` ("": the gateway's default, its first) as ListModels gives it;
+    None for a model the gateway does not front, or that has no usable version now (the call
+    itself then fails with the gateway's own error); ValueError when an older gateway does not say."""
+    chosen = next((m for m in models if m.name == model), None) if model else next(iter(models), None)
+    if chosen is None or (not chosen.input and not chosen.available):
+        return None
+    if not chosen.input:
+        raise ValueError("this gateway does not say its models' input size (it predates ModelInfo.input): "
+                         "give shrink_to=(height, width, channels)")
+    return input_spec(chosen.input)
 
 
 def classification_from_json(body: Mapping[str, Any], request_id: str = "") -> Classification:
@@ -183,7 +196,7 @@ def item_result_from_json(index: int, id: str, body: Mapping[str, Any], request_
 
 def model_info_from_json(body: Mapping[str, Any]) -> ModelInfo:
     return ModelInfo(str(body["name"]), int(body.get("version", 0)), tuple(body.get("labels", ())),
-                     str(body.get("state", "UNKNOWN")))
+                     str(body.get("state", "UNKNOWN")), str(body.get("input") or ""))
 
 
 def ordered(results: Iterable[ItemResult]) -> List[ItemResult]:

@@ -17,8 +17,8 @@ from typing import Any, AsyncIterator, Dict, List, Optional, Tuple
 import grpc
 import grpc.aio
 
-from ._wire import (CallOptions, ShrinkTo, StreamOrder, batch_answers, call_options, classification, load, model_info,
-                    numbered, ordered, readable)
+from ._wire import (CallOptions, ShrinkTo, StreamOrder, batch_answers, call_options, classification, input_spec, load,
+                    model_info, model_input, numbered, ordered, readable)
 from .channel import GrpcClientBase, request_id_of
 from .errors import ClassifierError, closed
 from .proto.classifier.v1 import classifier_pb2 as pb
@@ -53,7 +53,7 @@ class AsyncClassifierClient(GrpcClientBase):
                        shrink_to: Optional[ShrinkTo] = None) -> Classification:
         """One image (bytes or a path) -> its Classification; raises ClassifierError. `shrink_to` as
         ClassifierClient.classify's (shrinking runs in a thread, off the event loop)."""
-        options = call_options(model, top_k, version, version_label, shrink, shrink_to)
+        options = await self._options(model, top_k, version, version_label, shrink, shrink_to, timeout)
         request = options.request(await _load(image, options), id)
         response, rid = await self._unary(self._rpc.classify, request, self._deadline(timeout), request_id)
         return classification(response, rid)
@@ -62,7 +62,7 @@ class AsyncClassifierClient(GrpcClientBase):
                             version: int = 0, version_label: str = "", timeout: Optional[float] = None,
                             shrink: bool = False, shrink_to: Optional[ShrinkTo] = None) -> List[ItemResult]:
         """Many images, `concurrency` calls in flight, each retried on its own; results in input order."""
-        options = call_options(model, top_k, version, version_label, shrink, shrink_to)
+        options = await self._options(model, top_k, version, version_label, shrink, shrink_to, timeout)
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         items = numbered(images)
@@ -84,7 +84,7 @@ class AsyncClassifierClient(GrpcClientBase):
                              version_label: str = "", timeout: Optional[float] = None, shrink: bool = False,
                              shrink_to: Optional[ShrinkTo] = None) -> List[ItemResult]:
         """Images in one ClassifyBatch call, as ClassifierClient.classify_batch."""
-        options = call_options(model, top_k, version, version_label, shrink, shrink_to)
+        options = await self._options(model, top_k, version, version_label, shrink, shrink_to, timeout)
         deadline = self._deadline(timeout)
         results: Dict[int, ItemResult] = {}
         items = list(numbered(images))
@@ -106,7 +106,7 @@ class AsyncClassifierClient(GrpcClientBase):
                      shrink_to: Optional[ShrinkTo] = None) -> AsyncIterator[ItemResult]:
         """ClassifyStream, as ClassifierClient.stream: `async for result in client.stream(images)`.
         Each image is read (and shrunk) in a thread as the stream asks for it."""
-        options = call_options(model, top_k, version, version_label, shrink, shrink_to)
+        options = await self._options(model, top_k, version, version_label, shrink, shrink_to, timeout)
         order = StreamOrder(images, options)
 
         async def requests() -> AsyncIterator[pb.ClassifyRequest]:
@@ -147,6 +147,17 @@ class AsyncClassifierClient(GrpcClientBase):
     async def list_models(self, *, timeout: Optional[float] = None) -> List[ModelInfo]:
         response, _ = await self._unary(self._rpc.list_models, pb.ListModelsRequest(), self._deadline(timeout), None)
         return [model_info(m) for m in response.models]
+
+    async def _options(self, model: str, top_k: int, version: int, version_label: str, shrink: bool,
+                       shrink_to: Optional[ShrinkTo], timeout: Optional[float]) -> CallOptions:
+        """call_options, with the model's input size from ListModels (asked once per model) for
+        shrink=True without shrink_to."""
+        if shrink and shrink_to is None and model not in self._inputs:
+            input_spec("1x1x1")  # Pillow is there, before asking the gateway anything
+            spec = model_input(await self.list_models(timeout=timeout), model)
+            if spec is not None:
+                self._inputs[model] = spec
+        return call_options(model, top_k, version, version_label, shrink, shrink_to, self._inputs.get)
 
     async def close(self) -> None:
         """Closes the channel; calls in flight end with errors.closed() (classify_many: in their items)."""

@@ -200,6 +200,7 @@ class GrpcClientBase:
                          if self._security.uses_tls else self._grpc.insecure_channel(target, options))
         self._rpc = Methods.of(self._channel)
         self._closed = False  # set by close(): calls then raise errors.closed(), never retried
+        self._inputs: Dict[str, Any] = {}  # model ("" for the default) -> its imaging.InputSpec, for shrink=True
 
     def _check_open(self) -> None:
         if self._closed:

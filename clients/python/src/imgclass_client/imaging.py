@@ -87,6 +87,11 @@ class InputSpec:
         return cls(height, width, channels)
 
     @property
+    def text(self) -> str:
+        """"28x28x1": the form parse() reads."""
+        return f"{self.height}x{self.width}x{self.channels}"
+
+    @property
     def mode(self) -> str:
         return "L" if self.channels == 1 else "RGB"
 

@@ -17,8 +17,8 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import grpc
 
-from ._wire import (ShrinkTo, StreamOrder, batch_answers, call_options, classification, in_threads, load, model_info,
-                    numbered, ordered, readable)
+from ._wire import (CallOptions, ShrinkTo, StreamOrder, batch_answers, call_options, classification, in_threads, load,
+                    model_info, model_input, numbered, ordered, readable)
 from .channel import GrpcClientBase, request_id_of
 from .errors import ClassifierError, closed
 from .proto.classifier.v1 import classifier_pb2 as pb
@@ -37,11 +37,11 @@ class ClassifierClient(GrpcClientBase):
                  shrink_to: Optional[ShrinkTo] = None) -> Classification:
         """One image (bytes or a path) -> its Classification; raises ClassifierError.
 
-        `shrink_to=(height, width, channels)` (the model's input, e.g. (28, 28, 1); `shrink=True`
-        alone is for the REST client, which learns it) decodes and shrinks the image here with the
-        gateway's own decoder and sends a PNG of exactly that size: the same answer, for a
-        fraction of the bytes and of the gateway's CPU. Needs Pillow (`imgclass-client[shrink]`)."""
-        options = call_options(model, top_k, version, version_label, shrink, shrink_to)
+        `shrink=True` decodes and shrinks the image here with the gateway's own decoder and sends a
+        PNG of exactly the model's input size (ListModels says it, asked once per model; or give
+        `shrink_to=(height, width, channels)`, e.g. (28, 28, 1)): the same answer, for a fraction
+        of the bytes and of the gateway's CPU. Needs Pillow (`imgclass-client[shrink]`)."""
+        options = self._options(model, top_k, version, version_label, shrink, shrink_to, timeout)
         request = options.request(load(image, options), id)
         response, rid = self._unary(self._rpc.classify, request, self._deadline(timeout), request_id)
         return classification(response, rid)
@@ -54,7 +54,7 @@ class ClassifierClient(GrpcClientBase):
         `images`: bytes or paths (read as they are sent; an unreadable file is that item's
         ImageReadError), or a mapping id -> image. Consumed lazily: a generator is fine.
         `shrink_to` as for classify (each image shrunk in its calling thread)."""
-        options = call_options(model, top_k, version, version_label, shrink, shrink_to)
+        options = self._options(model, top_k, version, version_label, shrink, shrink_to, timeout)
 
         def one(index: int, id: str, source: ImageSource) -> ItemResult:
             try:
@@ -75,7 +75,7 @@ class ClassifierClient(GrpcClientBase):
         Unavailable) are sent again in a smaller batch while the retry policy allows. Raises
         ClassifierError for what fails the whole call (TooLarge for too many images, ...).
         `shrink_to` as for classify."""
-        options = call_options(model, top_k, version, version_label, shrink, shrink_to)
+        options = self._options(model, top_k, version, version_label, shrink, shrink_to, timeout)
         deadline = self._deadline(timeout)
         results: Dict[int, ItemResult] = {}
         todo = readable(numbered(images), results, options)
@@ -96,7 +96,7 @@ class ClassifierClient(GrpcClientBase):
         Images are read (and shrunk, with `shrink_to` as for classify) and sent as the stream asks
         for them. A stream is not retried: what fails the whole stream raises ClassifierError
         (classify_many retries each image instead)."""
-        order = StreamOrder(images, call_options(model, top_k, version, version_label, shrink, shrink_to))
+        order = StreamOrder(images, self._options(model, top_k, version, version_label, shrink, shrink_to, timeout))
         self._check_open()
         try:
             call = self._rpc.classify_stream(order.requests(), timeout=timeout, metadata=self._metadata(None),
@@ -128,6 +128,20 @@ class ClassifierClient(GrpcClientBase):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def _options(self, model: str, top_k: int, version: int, version_label: str, shrink: bool,
+                 shrink_to: Optional[ShrinkTo], timeout: Optional[float]) -> CallOptions:
+        return call_options(model, top_k, version, version_label, shrink, shrink_to,
+                            lambda name: self._input_of(name, timeout))
+
+    def _input_of(self, model: str, timeout: Optional[float]) -> Any:
+        """The input size of `model` ("": the default model) from ListModels, asked once per model."""
+        if model not in self._inputs:
+            spec = model_input(self.list_models(timeout=timeout), model)
+            if spec is None:
+                return None
+            self._inputs[model] = spec
+        return self._inputs[model]
 
     # -- one call, retried ----------------------------------------------------------------------------
 

@@ -91,6 +91,7 @@ class ModelInfo:
     version: int
     labels: Tuple[str, ...]
     state: str
+    input: str = ""  # the version's image input, "28x28x1" (what shrink=True shrinks to); "" if not known
 
     @property
     def available(self) -> bool:
