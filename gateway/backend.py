@@ -189,8 +189,8 @@ class Endpoint:
         return response
 
     def _record(self, method: str, code: str, started: float) -> None:
-        self._metrics.backend_requests.labels(method, code).inc()
-        self._metrics.backend_seconds.labels(method).observe(time.perf_counter() - started)
+        self._metrics.backend_requests_of(method, code).inc()
+        self._metrics.backend_seconds_of(method).observe(time.perf_counter() - started)
 
     @staticmethod
     def _translate(err: grpc.aio.AioRpcError, model: str, pinned: bool) -> GatewayError:

@@ -171,7 +171,7 @@ class GatewayCore:
             raise
         finally:
             outstanding[info.version] -= 1
-        self._metrics.caller_queue_wait.labels(name, self._caller_labels(request.caller)).observe(result.queue_wait)
+        self._metrics.caller_queue_wait_of(name, self._caller_labels(request.caller)).observe(result.queue_wait)
         used, scores, pixels, batch_decode = result.value
         if "decode" not in stages:
             stages["decode"] = batch_decode
@@ -183,8 +183,8 @@ class GatewayCore:
         stages["decide"] = time.perf_counter() - started
 
         self._metrics.observe_stages(name, stages)
-        self._metrics.decisions.labels(name, str(used.version), decision.label, str(decision.confident).lower(),
-                                       decision.reason).inc()
+        self._metrics.decisions_of(name, str(used.version), decision.label, str(decision.confident).lower(),
+                                   decision.reason).inc()
         if plan.shadow is not None and plan.shadow.version != used.version:
             self._shadow.offer(plan.shadow, used, request.image, pixels, decision, settings, background)
         return Classification(name, used.version, decision, stages)

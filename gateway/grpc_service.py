@@ -162,7 +162,7 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
         context.set_trailing_metadata(id_metadata)
         if early_id:
             await context.send_initial_metadata(id_metadata)
-        self._metrics.inflight.labels("grpc").inc()
+        self._metrics.inflight_of("grpc").inc()
         try:
             yield record
         except asyncio.CancelledError:
@@ -175,7 +175,7 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
             record.status = err.code_name
             await context.abort(err.grpc_code, err.message, trailing_metadata=error_trailers(err, record.request_id))
         finally:
-            self._metrics.inflight.labels("grpc").dec()
+            self._metrics.inflight_of("grpc").dec()
             finish_request(record, self._metrics)
 
 

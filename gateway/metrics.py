@@ -9,6 +9,7 @@ templates, statuses are gRPC code names (gRPC) or HTTP status codes (REST).
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from gateway.workers import WORKER_ENV
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
@@ -19,6 +20,22 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 STAGES = ("decode", "queue_wait", "predict", "decide")
 DELTA_BUCKETS = (0.0001, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class Children:
+    """The labelled children of one metric, each looked up once: prometheus_client's labels()
+    checks and locks on every call, and the hot path calls it several times per image. Only for
+    metrics whose children are never removed (their label values are bounded anyway)."""
+
+    def __init__(self, metric: Counter | Gauge | Histogram):
+        self._labels = metric.labels
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str):
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._labels(*values)
+        return child
 
 
 class Metrics:
@@ -99,15 +116,24 @@ class Metrics:
         self.worker.labels(os.environ.get(WORKER_ENV, "0")).set(1)
         self._endpoint_versions: set[tuple[str, str, str]] = set()
         self._endpoint_image_labels: set[tuple[str, str, str]] = set()
+        # The per-request and per-image series: children looked up once.
+        self.requests_of = Children(self.requests)
+        self.request_seconds_of = Children(self.request_seconds)
+        self.stage_seconds_of = Children(self.stage_seconds)
+        self.decisions_of = Children(self.decisions)
+        self.caller_queue_wait_of = Children(self.caller_queue_wait)
+        self.inflight_of = Children(self.inflight)
+        self.backend_requests_of = Children(self.backend_requests)
+        self.backend_seconds_of = Children(self.backend_seconds)
 
     def observe_request(self, transport: str, route: str, model: str, version: int, status: str,
                         seconds: float) -> None:
-        self.requests.labels(transport, route, model, str(version), status).inc()
-        self.request_seconds.labels(transport, route, model).observe(seconds)
+        self.requests_of(transport, route, model, str(version), status).inc()
+        self.request_seconds_of(transport, route, model).observe(seconds)
 
     def observe_stages(self, model: str, stages: dict[str, float]) -> None:
         for stage, seconds in stages.items():
-            self.stage_seconds.labels(stage, model).observe(seconds)
+            self.stage_seconds_of(stage, model).observe(seconds)
 
     def set_endpoint_versions(self, served: set[tuple[str, str, int]]) -> None:
         """`gateway_endpoint_versions` = 1 for each (endpoint, model, version) served; others removed."""

@@ -151,7 +151,7 @@ class RequestMiddleware:
             await send(message)
 
         refusal = self._refusal(scope["path"], authorization)
-        self.metrics.inflight.labels("http").inc()
+        self.metrics.inflight_of("http").inc()
         try:
             if refusal is not None:
                 await error_response(refusal, record.request_id)(scope, receive, send_with_id)
@@ -165,7 +165,7 @@ class RequestMiddleware:
                 raise
             await error_response(InternalError(), record.request_id)(scope, receive, send_with_id)
         finally:
-            self.metrics.inflight.labels("http").dec()
+            self.metrics.inflight_of("http").dec()
             # The route template (bounded label values); a mount (static files) by its prefix.
             template = getattr(scope.get("route"), "path", None) or scope.get("root_path") or "unmatched"
             record.route = f"{scope['method']} {template}"
