@@ -10,7 +10,10 @@ with the same small example images throughout:
   Predict straight to the model server (encoded image to the `image_bytes` signature; raw uint8
   pixels to `serving_default`) and Classify through each gateway;
 * the load generator against a trivial endpoint (the gateway's gRPC health Check), which must
-  reach more calls per second than any system figure, or the generator was the bottleneck;
+  reach more calls per second than any system figure, or the generator was the bottleneck; and the
+  same Check paced to the batching gateway's calls/s at the headline level (a gRPC call costs the
+  server less CPU the more calls share a wake-up: the gateway's CPU per image is also compared with
+  the Check at equal load);
 * the model server's Predict at batch 32 against the same signature called in-process
   (loadtest/inprocess.py, its own process because it imports TensorFlow);
 * request bytes: uint8 `tensor_content` against float32 values, one image and a batch of 32;
@@ -71,7 +74,7 @@ from gateway.wire import tensor as tensor_pb2
 from loadtest import bench_baseline, bench_fairness, bench_fleet, bench_photos, bench_report, compare, machine
 from loadtest.bench_report import (BATCH, CPU_GATEWAY, CPU_MODEL_SERVER, SERIES_BATCH, SERIES_DIRECT_BYTES,
                                    SERIES_DIRECT_PIXELS, SERIES_GATEWAY_OFF, SERIES_GATEWAY_OFF_WIDE,
-                                   SERIES_GATEWAY_ON, SERIES_TRIVIAL,
+                                   SERIES_GATEWAY_ON, SERIES_TRIVIAL, SERIES_TRIVIAL_PACED,
                                    DecodeRate)
 from loadtest.images import ImagePool, synthetic_photo
 from loadtest.loadgen import LoadGenerator, Sample, Workload
@@ -381,6 +384,12 @@ def measure_under_load(result: bench_report.BenchResult, args: argparse.Namespac
                 result.profile = profiler.profile
             progress(f"{series}: {level} in flight{' (profiled)' if profiled else ''} ...")
             result.samples.append(gen.measure(series, work, level, probes))
+        on = next((s for s in result.samples[-len(plan):] if s.series == SERIES_GATEWAY_ON and s.calls), None)
+        if level == headline and on is not None:  # the CPU goal's context: the Check at the same call rate
+            progress(f"the trivial endpoint, {level} in flight, paced to {on.calls_per_s:,.0f} calls/s ...")
+            result.trivial_paced = gen.measure(
+                SERIES_TRIVIAL_PACED, Workload("health", gw_on.grpc_target, calls_per_s=on.calls_per_s), level,
+                [ProcessCpu(CPU_GATEWAY, gw_on.process.proc.pid)])
     progress(f"model server Predict at batch {BATCH}, one call in flight ...")
     result.batch_server = gen.measure(SERIES_BATCH, pixel_workload(server, facts, pixels, BATCH), 1,
                                       [ProcessCpu(CPU_MODEL_SERVER, server.process.proc.pid)])

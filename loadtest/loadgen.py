@@ -1,4 +1,4 @@
-"""The benchmark's load generator: several processes of grpc.aio clients, closed loop.
+"""The benchmark's load generator: several processes of grpc.aio clients, closed loop (or paced).
 
 A Python client can saturate its own core before the server saturates (one grpc.aio process
 manages roughly 2,000-3,000 trivial calls per second), and then the benchmark measures the client.
@@ -8,7 +8,9 @@ share of concurrent callers, and the bench checks the generator against a trivia
 
 Measurement: every worker waits for a common wall-clock start, runs `warmup_s` unrecorded, then
 counts the calls that complete within the next `seconds` and records their latencies and its own
-CPU time. Requests are built before the clock starts, so the loop only sends. `Probe`s given to
+CPU time. Requests are built before the clock starts, so the loop only sends. A workload with
+`calls_per_s` has each caller wait out its share of that rate after an answer (the same call rate
+as another series, to compare CPU per call at equal load). `Probe`s given to
 `measure` look at other processes over the same window (the bench uses them for the servers' CPU
 time and the gateway's metrics).
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import multiprocessing
 import statistics
 import time
@@ -57,6 +60,8 @@ class Workload:
     input_name: str = ""  # predict_*: the signature's input
     output_filter: tuple[str, ...] = ()  # predict_*: outputs to ask for (all when empty)
     timeout_s: float = 30.0
+    calls_per_s: float = 0.0  # > 0: the callers pace their calls to about this many a second in all;
+    #                           0: each sends its next call as soon as the last is answered
 
 
 @dataclass
@@ -155,10 +160,13 @@ async def _drive(work: Workload, callers: int, start_at: float, warmup_s: float,
         await asyncio.sleep(max(0.0, start_at - time.time()))
         begin = time.perf_counter() + warmup_s
         end = begin + seconds
+        interval = callers / work.calls_per_s if work.calls_per_s > 0 else 0.0  # each caller's pace
 
         async def caller(offset: int) -> None:
             nonlocal completed
             i = offset
+            if interval:
+                await asyncio.sleep(interval * offset / callers)  # staggered, not in step
             while (t0 := time.perf_counter()) < end:
                 request = requests[i % len(requests)]
                 i += 1
@@ -175,6 +183,8 @@ async def _drive(work: Workload, callers: int, start_at: float, warmup_s: float,
                         latencies.append((t1 - t0) * 1000.0)
                     else:
                         errors[code] += 1
+                if interval:
+                    await asyncio.sleep(max(0.0, t0 + interval - time.perf_counter()))
 
         async def cpu_meter() -> None:
             """This process's CPU time over the measured window: the generator's own cost."""
@@ -283,7 +293,8 @@ class LoadGenerator:
         assert self._pool is not None, "use LoadGenerator as a context manager"
         shares = split(concurrency, self.processes)
         start_at = time.time() + START_MARGIN_S
-        futures = [self._pool.submit(_worker, work, n, start_at, self.warmup_s, self.seconds) for n in shares]
+        futures = [self._pool.submit(_worker, dataclasses.replace(work, calls_per_s=work.calls_per_s * n / concurrency),
+                                     n, start_at, self.warmup_s, self.seconds) for n in shares]
         _sleep_until(start_at + self.warmup_s)
         with probing(probes):
             _sleep_until(start_at + self.warmup_s + self.seconds)

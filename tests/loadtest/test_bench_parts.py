@@ -185,3 +185,15 @@ def test_the_full_upload_goal_says_what_the_photo_costs_each_process():
     del full.cpu_seconds[LOADGEN_CPU]  # a process not measured: no breakdown, the figure stays
     assert [g.measured for g in bench_photos.goals(result) if g.name == bench_photos.GOAL_DECODE[0]] == \
         ["0.64× (32.0 vs 2 × 25.0)"]
+
+
+def test_the_cpu_goal_also_compares_with_the_check_paced_to_the_same_rate_but_is_judged_as_stated():
+    result = bench_report.BenchResult(started="", machine=None, settings={})
+    result.trivial = sample(bench_report.SERIES_TRIVIAL, 2000, {bench_report.CPU_GATEWAY: 0.5})   # 0.25 ms a call
+    result.trivial_paced = sample(bench_report.SERIES_TRIVIAL_PACED, 800, {bench_report.CPU_GATEWAY: 0.36})  # 0.45
+    on = sample(bench_report.SERIES_GATEWAY_ON, 800, {bench_report.CPU_GATEWAY: 0.64})            # 0.8 ms an image
+    relative = bench_report.cpu_goals(result, on, 32)[1]
+    assert relative.met is False  # 3.2× the unpaced Check: the goal as stated
+    assert relative.measured == ("3.20× (0.80 vs 0.25 ms); 1.78× against the Check paced to the same calls/s "
+                                 "(400/s: 0.45 ms a call)")
+    assert bench_report._per_call_label(result.trivial_paced).endswith(", per call")

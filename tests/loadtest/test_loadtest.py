@@ -7,13 +7,15 @@ once with impossible limits that must fail the run and name each one; and once a
 slowed on purpose (GATEWAY_MAX_WAIT_MS=200 under concurrent load, so batches wait), compared with
 the first run as its baseline: it must fail and name queue_wait. The first run compared with
 itself must pass. A quiet-flood run (--callers) must report both callers, client and gateway side,
-with the quiet one never refused. Locust itself is never imported here: it monkey-patches the standard library
-with gevent on import. Comparisons between runs are the baseline tests' (tests/loadtest/test_loadtest_baseline.py).
+with the quiet one never refused. The bench's load generator, paced, keeps to its rate. Locust
+itself is never imported here: it monkey-patches the standard library with gevent on import.
+Comparisons between runs are the baseline tests' (tests/loadtest/test_loadtest_baseline.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -24,6 +26,7 @@ import pytest
 
 from loadtest import options, plots, run, shapes, slo, summary
 from loadtest.checks import Answer, Catalogue, InvalidAnswer, check_answer, check_count
+from loadtest.loadgen import LoadGenerator, Workload
 from tools import stack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -378,3 +381,13 @@ def test_bad_rules_tolerances_and_baselines_stop_the_run_before_it_starts(tmp_pa
         with pytest.raises(SystemExit) as exc:
             run.parse_args(argv)
         assert exc.value.code == 2 and message in capsys.readouterr().err, argv
+
+
+def test_paced_callers_keep_to_their_rate_and_unpaced_ones_do_not(gateway):
+    check = Workload("health", gateway.grpc_target)
+    with LoadGenerator(1, warmup_s=0.2, seconds=1.5) as gen:
+        paced = gen.measure("paced", dataclasses.replace(check, calls_per_s=40.0), 4)
+        free = gen.measure("free", check, 4)
+    assert not paced.errors and not free.errors
+    assert 0 < paced.calls <= 40 * 1.5 + 4  # each of the 4 callers at most one call ahead of its pace
+    assert free.calls > 3 * paced.calls
