@@ -6,7 +6,9 @@ address), and await their own row of the answer. A worker task flushes a batch w
 sends it with `send(key, payloads, deadline)`, which answers one row per item (a GatewayError
 as a row fails that item alone). When no batch is in flight as the worker starts a batch, what
 waits is sent at once, and an item that finds nothing waiting and nothing in flight is sent by its caller's own task
-straight away: an idle model answers a lone request without the wait or a hand-off. At most `max_concurrent` batches are
+straight away: an idle model answers a lone request without the wait or a hand-off. It takes along the items of
+its key submitted in the same turn of the event loop (the other images of one batch call): they share its batch,
+which then goes in a task of its own, so that one caller giving up does not stop the others' call. At most `max_concurrent` batches are
 in flight (the caller of `set_capacity` may change that); while they all are, new items wait and
 form the next, bigger batch - batching adapts to load.
 
@@ -150,8 +152,10 @@ class MicroBatcher(Generic[R]):
         if idle or express:
             # Sent from the caller's own task: no hand-off to the worker and back, which is most of
             # what batching costs a lone request.
-            return await self._send_alone(_Item(key, payload, deadline, loop.time(), state, loop.create_future(),
-                                                waiting=False), loop)
+            item = _Item(key, payload, deadline, loop.time(), state, loop.create_future(), waiting=False)
+            if idle and self.max_batch_size > 1:
+                return await self._send_idle(item, loop)
+            return await self._send_alone(item, loop)
         if self._waiting >= self.max_queue:
             self._make_room(state)
         self._callers[caller] = state
@@ -165,6 +169,35 @@ class MicroBatcher(Generic[R]):
         self._waiting += 1
         self._on_caller_depth(caller, state.waiting)
         self._changed()
+        return await item.future
+
+    async def _send_idle(self, item: _Item, loop: asyncio.AbstractEventLoop) -> BatchResult[R]:
+        """The first item on an idle model: it holds a slot for one turn of the loop, so the items
+        submitted in that turn (the other images of one batch call) queue behind it, then goes with
+        those of its key - alone from its caller's task when none came."""
+        name = item.caller.name
+        self._inflight += 1   # the slot is this item's: what is submitted meanwhile queues,
+        self._busy[name] += 1  # its caller's own next items too (they are not light: no express lane)
+        try:
+            await asyncio.sleep(0)
+            if self._closed:
+                raise ShuttingDown("the gateway is shutting down")
+        except BaseException:
+            self._inflight -= 1
+            self._slot_free.set()
+            raise
+        finally:
+            self._busy[name] -= 1
+            if not self._busy[name]:
+                del self._busy[name]
+        batch = self._take(loop.time(), [item])
+        if len(batch) == 1:
+            self._inflight -= 1  # _send_alone takes it again, with nothing in between
+            return await self._send_alone(item, loop)
+        # Several callers now: the call goes in a task of its own, as the worker's batches do.
+        task = loop.create_task(self._send_batch(batch, loop), context=item.context.copy())
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
         return await item.future
 
     async def _send_alone(self, item: _Item, loop: asyncio.AbstractEventLoop) -> BatchResult[R]:
@@ -276,11 +309,12 @@ class MicroBatcher(Generic[R]):
                 return batch
             await asyncio.sleep(0)  # only gone or expired items were left: let their callers' callbacks run
 
-    def _take(self, now: float) -> list[_Item]:
+    def _take(self, now: float, first: list[_Item] | None = None) -> list[_Item]:
         """Up to max_batch_size live items sharing one key: interactive callers first, each turn a
-        caller adds up to its weight (deficit round robin); then bulk callers the same way."""
-        batch: list[_Item] = []
-        key: list[Hashable] = []
+        caller adds up to its weight (deficit round robin); then bulk callers the same way. `first`:
+        an item already chosen, which sets the key."""
+        batch: list[_Item] = list(first or ())
+        key: list[Hashable] = [batch[0].key] if batch else []
         for bulk in (False, True):
             callers = [c for c in self._callers.values() if c.bulk is bulk]
             while len(batch) < self.max_batch_size:

@@ -1,6 +1,7 @@
 """The micro-batcher in-process, driven by a trivial send function (its contract, not a mock):
-batch forming, max_wait, errors, cancellation, per-caller deadlines, versions kept apart, and fair
-queueing - round robin, weights, priority classes and bounds that refuse whoever floods."""
+batch forming (an idle model's first item takes along what was submitted with it), max_wait,
+errors, cancellation, per-caller deadlines, versions kept apart, and fair queueing - round robin,
+weights, priority classes and bounds that refuse whoever floods."""
 
 from __future__ import annotations
 
@@ -74,6 +75,41 @@ def test_a_lone_request_goes_at_once_and_concurrent_ones_share_a_batch():
         assert model.batches == [[0], [1, 2, 3, 4]]
         assert [r.value for r in results] == [("v1", i) for i in range(5)]
         assert [r.batch_size for r in results] == [1, 4, 4, 4, 4]
+        await b.close()
+
+    run(main())
+
+
+def test_items_submitted_together_on_an_idle_model_share_its_first_batch():
+    async def main():
+        model = Model()
+        b = batcher(model, express=True)
+        results = await asyncio.gather(*(b.submit("v2" if i == 2 else "v1", i, later(), caller="svc")
+                                         for i in range(7)))
+        # The first item held the slot for one turn: the other v1 items (a batch call's images) joined
+        # it up to max_batch_size (none took the express lane: their caller was busy); the v2 one and
+        # the overflow went next, as the worker's batches.
+        assert model.batches[0] == [0, 1, 3, 4] and sorted(map(sorted, model.batches[1:])) == [[2], [5, 6]]
+        assert [r.value for r in results] == [("v2" if i == 2 else "v1", i) for i in range(7)]
+        await b.close()
+
+    run(main())
+
+
+def test_the_first_caller_giving_up_does_not_stop_the_batch_it_shares():
+    async def main():
+        model = Model(gate=True)
+        b = batcher(model)
+        tasks = [asyncio.create_task(b.submit("v1", i, later())) for i in range(3)]
+        await settle()
+        assert model.batches == [[0, 1, 2]]
+        tasks[0].cancel()
+        await settle()
+        assert model.cancelled == 0
+        model.gate.set()
+        assert [(await t).value for t in tasks[1:]] == [("v1", 1), ("v1", 2)]
+        with pytest.raises(asyncio.CancelledError):
+            await tasks[0]
         await b.close()
 
     run(main())
@@ -237,7 +273,9 @@ def test_a_caller_with_nothing_in_flight_skips_the_wait_for_a_slot():
         b = batcher(model, express=True, max_concurrent=1,
                     policy=lambda caller: policy.get(caller, (1.0, False, 0)))
 
-        heavy = [asyncio.create_task(b.submit("v1", f"h{i}", later(), caller="heavy")) for i in range(6)]
+        heavy = [asyncio.create_task(b.submit("v1", "h0", later(), caller="heavy"))]
+        await settle()
+        heavy += [asyncio.create_task(b.submit("v1", f"h{i}", later(), caller="heavy")) for i in range(1, 6)]
         await settle()
         assert model.batches == [["h0"]]  # the only slot: taken
         bulk = asyncio.create_task(b.submit("v1", "b0", later(), caller="nightly"))
@@ -260,7 +298,9 @@ def test_a_full_queue_turns_nobody_away_for_an_item_that_goes_express():
     async def main():
         model = Model(gate=True)
         b = batcher(model, express=True, max_concurrent=1, max_queue=2)
-        heavy = [asyncio.create_task(b.submit("v1", f"h{i}", later(), caller="heavy")) for i in range(3)]
+        heavy = [asyncio.create_task(b.submit("v1", "h0", later(), caller="heavy"))]
+        await settle()
+        heavy += [asyncio.create_task(b.submit("v1", f"h{i}", later(), caller="heavy")) for i in range(1, 3)]
         await settle()
         assert model.batches == [["h0"]] and b.waiting("heavy") == 2  # the slot taken, the queue full
         light = asyncio.create_task(b.submit("v1", "l0", later(), caller="light"))
