@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import io
 
-import httpx
 import pytest
 from PIL import Image
 
+from helpers import metric
 from imgclass_client import (AsyncClassifierClient, ClassifierClient, InvalidImage, ModelInfo, NotFound,
                              RestClassifierClient)
 from imgclass_client._wire import model_input, shrink
@@ -130,9 +130,7 @@ def test_asyncio_client_shrinks_too_and_errors_stay_the_gateways(gateway, real_p
 
 def test_shrink_over_grpc_learns_the_input_size_once_and_a_bad_shrink_to_is_refused(gateway, real_photos):
     def list_models_calls() -> float:
-        text = httpx.get(f"{gateway.http_url}/metrics", timeout=10).text
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith("gateway_requests_total{") and 'route="ListModels"' in line)
+        return metric(gateway.http_url, "gateway_requests_total", route="ListModels")
 
     before = list_models_calls()
     with ClassifierClient(gateway.grpc_target) as client:
