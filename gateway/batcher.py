@@ -194,10 +194,7 @@ class MicroBatcher(Generic[R]):
         if len(batch) == 1:
             self._inflight -= 1  # _send_alone takes it again, with nothing in between
             return await self._send_alone(item, loop)
-        # Several callers now: the call goes in a task of its own, as the worker's batches do.
-        task = loop.create_task(self._send_batch(batch, loop), context=item.context.copy())
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
+        self._start(batch, loop)  # several callers now: a task of its own, as the worker's batches
         return await item.future
 
     async def _send_alone(self, item: _Item, loop: asyncio.AbstractEventLoop) -> BatchResult[R]:
@@ -283,12 +280,16 @@ class MicroBatcher(Generic[R]):
                 await self._slot_free.wait()
             batch = await self._collect(loop)
             self._inflight += 1
-            # The backend call runs in its oldest caller's context, so a trace started by that
-            # request continues into the Predict that answers it.
-            oldest = min(batch, key=lambda item: item.enqueued)
-            task = loop.create_task(self._send_batch(batch, loop), context=oldest.context.copy())
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
+            self._start(batch, loop)
+
+    def _start(self, batch: list[_Item], loop: asyncio.AbstractEventLoop) -> None:
+        """Send `batch` (its slot already counted in _inflight) in a task of its own. The backend call
+        runs in its oldest caller's context, so a trace started by that request continues into the
+        Predict that answers it."""
+        oldest = min(batch, key=lambda item: item.enqueued)
+        task = loop.create_task(self._send_batch(batch, loop), context=oldest.context.copy())
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
 
     async def _collect(self, loop: asyncio.AbstractEventLoop) -> list[_Item]:
         """Wait for a full batch or for the oldest item's max_wait (not at all when no batch is in
