@@ -165,7 +165,7 @@ def to_pixels(img: Image.Image, spec: InputSpec, background: Colour = (0, 0, 0))
         backdrop = Image.new("RGBA", img.size, background + (255,))
         backdrop.alpha_composite(img)
         img = backdrop
-    pixels = img.convert(spec.mode).tobytes()
+    pixels = (img if img.mode == spec.mode else img.convert(spec.mode)).tobytes()  # convert() copies
     if len(pixels) != spec.nbytes:  # a bug, not bad input
         raise RuntimeError(f"decoder produced {len(pixels)} bytes, expected {spec.nbytes}")
     return pixels
@@ -184,10 +184,10 @@ def shrink_image(data: bytes, spec: InputSpec, limits: DecodeLimits = DecodeLimi
     kept and composited by the decoder). Raises ImageDecodeError as `decode_image` does."""
     with open_image(data, limits) as img:
         small = model_image(img, spec, limits)
-    if small.mode != "RGBA":
-        small = small.convert(spec.mode)
-    buf = io.BytesIO()
-    small.save(buf, "PNG", compress_level=6)
+        if small.mode not in ("RGBA", spec.mode):
+            small = small.convert(spec.mode)
+        buf = io.BytesIO()
+        small.save(buf, "PNG", compress_level=6)
     return buf.getvalue()
 
 
@@ -204,7 +204,7 @@ def _model_image(img: Image.Image, spec: InputSpec, limits: DecodeLimits) -> Ima
     if isinstance(img, JpegImagePlugin.JpegImageFile):  # JPEG and MPO
         rotated = img.getexif().get(_EXIF_ORIENTATION) in _ROTATED_ORIENTATIONS
         img.draft(spec.mode, (spec.height, spec.width) if rotated else target)
-    img = ImageOps.exif_transpose(img)
+    ImageOps.exif_transpose(img, in_place=True)  # not a copy when there is nothing to turn
     img = _normalise_mode(img)
     if img.size != target:
         img = img.resize(target, Image.Resampling.BILINEAR, reducing_gap=3.0)
