@@ -175,7 +175,7 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0,
                                description="longest a request waits for others to fill its batch "
                                            "(only while another batch is in flight: an idle model sends at once)")
-    max_concurrent_batches: int = Field(4, ge=1, le=256,
+    max_concurrent_batches: int = Field(2, ge=1, le=256,
                                         description="Predict calls in flight per model and model server endpoint; "
                                                     "further requests queue (and batch) in the gateway, where fair "
                                                     "queueing applies (lower it to what a model server runs at once "
