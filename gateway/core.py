@@ -68,7 +68,7 @@ class GatewayCore:
     def _resize(self) -> None:
         """Batches in flight per model: max_concurrent_batches for each endpoint serving it."""
         for name, batcher in self._batchers.items():
-            batcher.set_capacity(self._settings.max_concurrent_batches * max(1, len(self._fleet.served(name))))
+            batcher.set_capacity(self._settings.max_concurrent_batches * self._fleet.endpoints_serving(name))
 
     # -- what the transports call -----------------------------------------------------------
 
@@ -129,8 +129,13 @@ class GatewayCore:
         return out
 
     def fleet(self) -> dict:
-        """The model servers and what each serves, with every model's routing (GET /v1/fleet)."""
-        return self._registry.fleet_view()
+        """The model servers and what each serves, with every model's routing and how many Predict
+        calls the gateway sends it at once (GET /v1/fleet)."""
+        view = self._registry.fleet_view()
+        for name, batcher in self._batchers.items():
+            if name in view["models"]:
+                view["models"][name]["max_batches_in_flight"] = batcher.max_concurrent
+        return view
 
     async def close(self) -> None:
         await self._shadow.close()

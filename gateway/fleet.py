@@ -144,6 +144,15 @@ class Fleet:
         newest = max(states, key=lambda s: s.version)
         return newest.state, "no version is AVAILABLE"
 
+    def endpoints_serving(self, model: str) -> int:
+        """How many model-server endpoints take `model`'s Predict calls (at least 1): the healthy ones
+        serving it, or in channel mode the addresses behind the channel (grpc balances them, unseen
+        here; a DNS name counts as one)."""
+        served = len(self.served(model))
+        if self.channel_mode and served:
+            return max(1, len(self.target.addresses))
+        return max(1, served)
+
     @property
     def healthy_count(self) -> int:
         return sum(1 for m in self.members.values() if m.health.healthy)

@@ -160,7 +160,8 @@ class FleetOut(BaseModel):
         "models": {"fashion": {"state": "AVAILABLE", "problem": None, "default_version": 1, "mode": "common",
                                "labels": {"stable": 1}, "canary": None, "shadow": None,
                                "versions": [{"version": 1, "endpoints": 2, "labels": ["stable"],
-                                             "input": "28x28x1", "classes": 10}]}}}]})
+                                             "input": "28x28x1", "classes": 10}],
+                               "max_batches_in_flight": 4}}}]})
 
     backend: str
     balancing: str = Field(description="endpoints (a channel per model server) or channel (one round_robin channel)")
@@ -169,7 +170,9 @@ class FleetOut(BaseModel):
                                                          "models: {model: [{version, state, usable}]}")
     models: dict[str, dict[str, Any]] = Field(description="per model: state, problem, default_version, mode "
                                                           "(pinned|common|per_endpoint|none), labels, canary, "
-                                                          "shadow, versions: [{version, endpoints, labels, input, classes}]")
+                                                          "shadow, versions: [{version, endpoints, labels, input, classes}], "
+                                                          "max_batches_in_flight (max_concurrent_batches "
+                                                          "times the endpoints serving it)")
 
 
 class ExampleOut(BaseModel):

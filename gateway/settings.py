@@ -176,7 +176,8 @@ class Settings(BaseSettings):
                                description="longest a request waits for others to fill its batch "
                                            "(only while another batch is in flight: an idle model sends at once)")
     max_concurrent_batches: int = Field(2, ge=1, le=256,
-                                        description="Predict calls in flight per model and model server endpoint; "
+                                        description="Predict calls in flight per model and model server endpoint (backend_balancing "
+                                                    "channel: per address listed; a DNS name counts as one); "
                                                     "further requests queue (and batch) in the gateway, where fair "
                                                     "queueing applies (lower it to what a model server runs at once "
                                                     "to keep callers apart under overload)")

@@ -24,6 +24,7 @@ import grpc
 import httpx
 import pytest
 
+from gateway.settings import Settings
 from imgclass_client.proto.classifier.v1 import classifier_pb2 as pb
 from imgclass_client.proto.classifier.v1 import classifier_pb2_grpc as pb_grpc
 from fleet_support import Load, Replica, endpoint_images, fleet_target, publish, rotated_copy, served, wait_for
@@ -197,6 +198,8 @@ def test_a_replica_killed_or_added_under_load_fails_no_request(versions, images,
     assert not failed, [(a.code, a.details) for a in failed[:5]]
     assert added["after"] < 5.0
     assert sorted(e["address"] for e in fleet["endpoints"]) == sorted([replicas[0].address, replicas[2].address])
+    default = Settings().max_concurrent_batches
+    assert fleet["models"]["fashion"]["max_batches_in_flight"] == 2 * default, "per endpoint serving it"
 
 
 # -- versions and labels chosen by the caller; the canary's share --------------------------------------------

@@ -1,6 +1,7 @@
 """A changed config file, taken while the gateway runs: the reloader applies only the settings it
 says apply live, and the fleet follows a new backend - static list to DNS name and back, and in
-channel mode - without its watcher dying under a status round that was asking the old endpoints.
+channel mode - without its watcher dying under a status round that was asking the old endpoints;
+and how many endpoints the batches in flight are counted for.
 
 The fleet runs in-process here against the session's real model server (conftest `model_server`),
 so the test can look at its endpoints and tasks directly."""
@@ -114,5 +115,28 @@ def test_channel_mode_leaves_a_dns_name_to_grpc(model_server):
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
             await fleet.close()
+
+    asyncio.run(main())
+
+
+def test_batches_in_flight_count_the_endpoints_serving_a_model(model_server):
+    """max_concurrent_batches is per endpoint: with a second, unreachable address in the list, the
+    fleet counts the one endpoint that serves; one round_robin channel counts both addresses, since
+    grpc balances them out of the gateway's sight."""
+    dead = "127.0.0.1:1"  # nothing listens on port 1
+
+    async def main():
+        for balancing, expected in (("endpoints", 1), ("channel", 2)):
+            settings = Settings(backend=f"ipv4:{model_server.grpc_target},{dead}", backend_balancing=balancing)
+            fleet = Fleet(settings, Metrics(), ["fashion"])
+            watcher = asyncio.create_task(fleet.run())
+            try:
+                await until(lambda: fleet.served("fashion"), f"{balancing}: fashion is served")
+                assert fleet.endpoints_serving("fashion") == expected, balancing
+                assert fleet.endpoints_serving("no-such-model") == 1, "a batch can always be tried"
+            finally:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+                await fleet.close()
 
     asyncio.run(main())
